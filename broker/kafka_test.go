@@ -1,0 +1,466 @@
+package broker
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/task"
+)
+
+func TestKafkaMarshaler_marshal_keys_records_by_partition_key(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		meta    map[string]string
+		wantKey string // "" = no key
+	}{
+		{name: "partition key becomes the record key", meta: map[string]string{task.MetaPartitionKey: "order-1"}, wantKey: "order-1"},
+		{name: "no partition key leaves the key empty", meta: map[string]string{"correlation_id": "c"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			msg := message.NewMessage("id-1", []byte(`{"a":1}`))
+			for k, v := range tt.meta {
+				msg.Metadata.Set(k, v)
+			}
+			rec, err := kafkaMarshaler{}.Marshal("schedule-tasks", msg)
+			require.NoError(t, err)
+			assert.Equal(t, "schedule-tasks", rec.Topic)
+			if tt.wantKey == "" {
+				assert.Nil(t, rec.Key)
+			} else {
+				require.NotNil(t, rec.Key)
+				key, err := rec.Key.Encode()
+				require.NoError(t, err)
+				assert.Equal(t, tt.wantKey, string(key))
+			}
+			headers := map[string]string{}
+			for _, h := range rec.Headers {
+				headers[string(h.Key)] = string(h.Value)
+			}
+			assert.Equal(t, "id-1", headers[kafka.UUIDHeaderKey])
+			for k, v := range tt.meta {
+				assert.Equal(t, v, headers[k])
+			}
+		})
+	}
+}
+
+func TestKafkaMarshaler_marshal_rejects_reserved_uuid_metadata(t *testing.T) {
+	t.Parallel()
+	msg := message.NewMessage("id", nil)
+	msg.Metadata.Set(kafka.UUIDHeaderKey, "x")
+	_, err := kafkaMarshaler{}.Marshal("t", msg)
+	assert.ErrorContains(t, err, "reserved")
+}
+
+func TestKafkaMarshaler_unmarshal_accepts_records_from_any_producer(t *testing.T) {
+	t.Parallel()
+	h := func(k, v string) *sarama.RecordHeader { return &sarama.RecordHeader{Key: []byte(k), Value: []byte(v)} }
+	tests := []struct {
+		name     string
+		rec      *sarama.ConsumerMessage
+		wantID   string
+		wantMeta map[string]string
+	}{
+		{
+			name:     "watermill record keeps uuid and metadata",
+			rec:      &sarama.ConsumerMessage{Topic: "t", Headers: []*sarama.RecordHeader{h(kafka.UUIDHeaderKey, "u-1"), h("correlation_id", "c-1")}},
+			wantID:   "u-1",
+			wantMeta: map[string]string{"correlation_id": "c-1"},
+		},
+		{
+			name:     "foreign record without headers gets a position id and its key as partition key",
+			rec:      &sarama.ConsumerMessage{Topic: "business-events", Partition: 3, Offset: 1042, Key: []byte("cust-9")},
+			wantID:   "kafka:business-events:3:1042",
+			wantMeta: map[string]string{task.MetaPartitionKey: "cust-9"},
+		},
+		{
+			name:     "partition key header wins over the record key",
+			rec:      &sarama.ConsumerMessage{Topic: "t", Key: []byte("k"), Headers: []*sarama.RecordHeader{h(task.MetaPartitionKey, "header-key"), nil}},
+			wantID:   "kafka:t:0:0",
+			wantMeta: map[string]string{task.MetaPartitionKey: "header-key"},
+		},
+		{
+			name:     "no key and no headers",
+			rec:      &sarama.ConsumerMessage{Topic: "t", Offset: 7},
+			wantID:   "kafka:t:0:7",
+			wantMeta: map[string]string{},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.rec.Value = []byte(`{"eventType":"x"}`)
+			msg, err := kafkaMarshaler{}.Unmarshal(tt.rec)
+			require.NoError(t, err)
+			assert.Equal(t, tt.wantID, msg.UUID)
+			assert.Equal(t, message.Metadata(tt.wantMeta), msg.Metadata)
+			assert.Equal(t, `{"eventType":"x"}`, string(msg.Payload))
+		})
+	}
+}
+
+func TestKafkaMarshaler_round_trip_keeps_uuid_payload_and_metadata(t *testing.T) {
+	t.Parallel()
+	in := message.NewMessage("id-7", []byte("payload"))
+	in.Metadata.Set(task.MetaPartitionKey, "k")
+	in.Metadata.Set("priority", "HIGH")
+	rec, err := kafkaMarshaler{}.Marshal("t", in)
+	require.NoError(t, err)
+	cm := &sarama.ConsumerMessage{Topic: "t"}
+	for i := range rec.Headers {
+		cm.Headers = append(cm.Headers, &rec.Headers[i])
+	}
+	cm.Key, _ = rec.Key.Encode()
+	cm.Value, _ = rec.Value.Encode()
+	out, err := kafkaMarshaler{}.Unmarshal(cm)
+	require.NoError(t, err)
+	assert.True(t, in.Equals(out), "in %v, out %v", in.Metadata, out.Metadata)
+}
+
+func TestNewKafka_rejects_bad_config_naming_the_field(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.txt")
+	require.NoError(t, os.WriteFile(notPEM, []byte("not a certificate"), 0o600))
+	tests := []struct {
+		name    string
+		mutate  func(*config.Kafka)
+		wantErr string
+	}{
+		{name: "no brokers", mutate: func(k *config.Kafka) { k.Brokers = nil }, wantErr: "broker.kafka.brokers must list"},
+		{name: "zero partitions", mutate: func(k *config.Kafka) { k.Partitions = map[string]int{"t": 0} }, wantErr: "broker.kafka.partitions[t] must be >= 1, got 0"},
+		{name: "missing CA file", mutate: func(k *config.Kafka) { k.TLS = config.TLS{Enabled: true, CAFile: filepath.Join(dir, "nope.pem")} }, wantErr: "broker.kafka.tls.ca_file"},
+		{name: "CA file without PEM", mutate: func(k *config.Kafka) { k.TLS = config.TLS{Enabled: true, CAFile: notPEM} }, wantErr: "no PEM certificate"},
+		{name: "cert without key", mutate: func(k *config.Kafka) { k.TLS = config.TLS{Enabled: true, CertFile: notPEM} }, wantErr: "cert_file and key_file must be set together"},
+		{name: "unknown SASL mechanism", mutate: func(k *config.Kafka) { k.SASL = config.SASL{Mechanism: "GSSAPI", Username: "u"} }, wantErr: `broker.kafka.sasl.mechanism must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or empty, got "GSSAPI"`},
+		{name: "SASL without user", mutate: func(k *config.Kafka) { k.SASL = config.SASL{Mechanism: config.SASLPlain} }, wantErr: "broker.kafka.sasl.username must be set"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := config.Default().Broker.Kafka
+			cfg.Brokers = []string{"127.0.0.1:1"}
+			tt.mutate(&cfg)
+			k, err := NewKafka(cfg, config.Default().Topics, nil)
+			require.Error(t, err)
+			assert.Nil(t, k)
+			assert.Contains(t, err.Error(), tt.wantErr)
+		})
+	}
+}
+
+func TestNewKafka_fails_when_no_broker_is_reachable(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default().Broker.Kafka
+	cfg.Brokers = []string{closedAddr(t)}
+	_, err := NewKafka(cfg, config.Default().Topics, nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "connect to kafka brokers ["+cfg.Brokers[0]+"]")
+}
+
+// closedAddr returns a loopback address nobody listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+// newKfake starts an in-process Kafka (kfake) for one test.
+func newKfake(t *testing.T, opts ...kfake.Opt) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+func testTopics(t *testing.T) config.Topics {
+	t.Helper()
+	id := watermill.NewShortUUID()
+	return config.Topics{Events: "ev-" + id, Tasks: "tasks-" + id, Results: "res-" + id, PoisonSuffix: ".dlq"}
+}
+
+func newTestKafka(t *testing.T, brokers []string, mutate func(*config.Kafka)) (*Kafka, config.Topics) {
+	t.Helper()
+	topics := testTopics(t)
+	cfg := config.Default().Broker.Kafka
+	cfg.Brokers = brokers
+	cfg.Partitions = map[string]int{topics.Events: 12, topics.Tasks: 6}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	k, err := NewKafka(cfg, topics, watermill.NopLogger{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = k.Close() })
+	return k, topics
+}
+
+func TestKafka_creates_pipeline_topics_with_configured_partitions(t *testing.T) {
+	t.Parallel()
+	brokers := newKfake(t)
+	k, topics := newTestKafka(t, brokers, nil)
+
+	admin, err := sarama.NewClusterAdmin(brokers, sarama.NewConfig())
+	require.NoError(t, err)
+	defer admin.Close()
+	got, err := admin.ListTopics()
+	require.NoError(t, err)
+	want := map[string]int32{
+		topics.Events: 12, topics.Tasks: 6, topics.Results: 1,
+		topics.Poison(topics.Events): 1, topics.Poison(topics.Tasks): 1,
+	}
+	for topic, n := range want {
+		require.Contains(t, got, topic)
+		assert.Equal(t, n, got[topic].NumPartitions, topic)
+	}
+	assert.Equal(t, 12, k.Partitions(topics.Events))
+	assert.Equal(t, "eventpipe."+topics.Tasks, k.ConsumerGroup(topics.Tasks))
+	require.NoError(t, k.Ping(t.Context()))
+}
+
+func TestKafka_keeps_per_key_order_and_partition(t *testing.T) {
+	t.Parallel()
+	k, topics := newTestKafka(t, newKfake(t), nil)
+	const keys, perKey = 5, 40
+	var msgs []*message.Message
+	for i := range perKey {
+		for key := range keys {
+			m := message.NewMessage(fmt.Sprintf("k%d-%03d", key, i), []byte(fmt.Sprint(i)))
+			m.Metadata.Set(task.MetaPartitionKey, fmt.Sprintf("key-%d", key))
+			msgs = append(msgs, m)
+		}
+	}
+	require.NoError(t, k.Publisher().Publish(topics.Tasks, msgs...))
+
+	sub, err := k.Subscriber(topics.Tasks)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	ch, err := sub.Subscribe(ctx, topics.Tasks)
+	require.NoError(t, err)
+	seen := map[string][]string{}
+	partition := map[string]int32{}
+	for range len(msgs) {
+		select {
+		case m := <-ch:
+			key := m.Metadata.Get(task.MetaPartitionKey)
+			p, ok := kafka.MessagePartitionFromCtx(m.Context())
+			require.True(t, ok)
+			if prev, ok := partition[key]; ok {
+				assert.Equal(t, prev, p, "key %s moved partition", key)
+			}
+			partition[key] = p
+			seen[key] = append(seen[key], m.UUID)
+			m.Ack()
+		case <-ctx.Done():
+			t.Fatalf("received %d of %d", len(seen), len(msgs))
+		}
+	}
+	for key := range keys {
+		ids := seen[fmt.Sprintf("key-%d", key)]
+		require.Len(t, ids, perKey)
+		for i, id := range ids {
+			assert.Equal(t, fmt.Sprintf("k%d-%03d", key, i), id)
+		}
+	}
+}
+
+func TestKafka_after_close_fails_ping_publish_and_subscribe(t *testing.T) {
+	t.Parallel()
+	k, topics := newTestKafka(t, newKfake(t), nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	sub, err := k.Subscriber(topics.Results)
+	require.NoError(t, err)
+	ch, err := sub.Subscribe(ctx, topics.Results)
+	require.NoError(t, err)
+	require.NoError(t, k.Publisher().Publish(topics.Results, message.NewMessage("first", nil)))
+	select {
+	case m := <-ch:
+		m.Ack()
+		assert.Equal(t, "first", m.UUID)
+	case <-ctx.Done():
+		t.Fatal("no message")
+	}
+	// Offsets are committed on an interval; close the broker to flush them.
+	require.NoError(t, k.Close())
+	assert.ErrorIs(t, k.Ping(t.Context()), ErrClosed)
+	assert.Error(t, k.Publisher().Publish(topics.Results, message.NewMessage("late", nil)))
+	_, err = k.Subscriber(topics.Results)
+	assert.ErrorIs(t, err, ErrClosed)
+}
+
+func TestKafka_authenticates_with_SASL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		mechanism string
+		password  string
+		wantErr   bool
+	}{
+		{name: "PLAIN", mechanism: config.SASLPlain, password: "secret"},
+		{name: "SCRAM-SHA-256", mechanism: config.SASLSCRAMSHA256, password: "secret"},
+		{name: "SCRAM-SHA-512", mechanism: config.SASLSCRAMSHA512, password: "secret"},
+		{name: "SCRAM-SHA-256 with a wrong password fails", mechanism: config.SASLSCRAMSHA256, password: "wrong", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			brokers := newKfake(t, kfake.EnableSASL(), kfake.Superuser(tt.mechanism, "app", "secret"))
+			cfg := config.Default().Broker.Kafka
+			cfg.Brokers = brokers
+			cfg.SASL = config.SASL{Mechanism: tt.mechanism, Username: "app", Password: tt.password}
+			k, err := NewKafka(cfg, testTopics(t), nil)
+			if tt.wantErr {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			defer k.Close()
+			assert.NoError(t, k.Ping(t.Context()))
+		})
+	}
+}
+
+func TestKafka_connects_over_TLS_with_the_configured_CA(t *testing.T) {
+	t.Parallel()
+	caFile, serverCert := selfSignedCert(t)
+	brokers := newKfake(t, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}))
+
+	cfg := config.Default().Broker.Kafka
+	cfg.Brokers = brokers
+	cfg.TLS = config.TLS{Enabled: true, CAFile: caFile}
+	k, err := NewKafka(cfg, testTopics(t), nil)
+	require.NoError(t, err)
+	defer k.Close()
+	assert.NoError(t, k.Ping(t.Context()))
+}
+
+// selfSignedCert writes a self-signed CA certificate for 127.0.0.1 to a file
+// and returns its path and the matching server certificate.
+func selfSignedCert(t *testing.T) (string, tls.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "eventpipe-test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	require.NoError(t, os.WriteFile(path, certPEM, 0o600))
+	return path, cert
+}
+
+func TestKafka_backlog_is_consumer_lag_per_partition(t *testing.T) {
+	t.Parallel()
+	k, topics := newTestKafka(t, newKfake(t), func(c *config.Kafka) { c.Partitions = map[string]int{"unused": 1} })
+	topic := topics.Results // 1 partition
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	sub, err := k.Subscriber(topic)
+	require.NoError(t, err)
+	ch, err := sub.Subscribe(ctx, topic)
+	require.NoError(t, err)
+	for i := range 5 {
+		require.NoError(t, k.Publisher().Publish(topic, message.NewMessage(fmt.Sprint(i), nil)))
+	}
+
+	backlog, err := k.Backlog(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []Backlog{{Topic: topic, Partition: "0", Messages: 5}}, backlog, "nothing committed: everything waits")
+
+	for range 5 {
+		select {
+		case m := <-ch:
+			m.Ack()
+		case <-ctx.Done():
+			t.Fatal("messages not delivered")
+		}
+	}
+	// Offsets are committed every second.
+	assert.Eventually(t, func() bool {
+		backlog, err := k.Backlog(ctx)
+		return err == nil && len(backlog) == 1 && backlog[0].Messages == 0
+	}, 10*time.Second, 100*time.Millisecond)
+}
+
+func TestKafka_publish_fails_fast_on_a_record_too_large(t *testing.T) {
+	t.Parallel()
+	k, topics := newTestKafka(t, newKfake(t), nil)
+	start := time.Now()
+	err := k.Publisher().Publish(topics.Results, message.NewMessage("big", make([]byte, 2<<20)))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "publish big to kafka topic "+topics.Results)
+	assert.Less(t, time.Since(start), 5*time.Second, "not retried for the outage budget")
+}
+
+func TestDrain_is_done_only_when_every_relay_and_message_is_done(t *testing.T) {
+	t.Parallel()
+	var d drain
+	d.add(1) // relay A
+	d.add(1) // relay B
+	d.add(1) // a message A handed out
+	done := d.done()
+	d.add(-1) // relay A stops
+	d.add(-1) // the message is acked
+	select {
+	case <-done:
+		t.Fatal("done while relay B still runs")
+	default:
+	}
+	d.add(-1) // relay B stops
+	select {
+	case <-done:
+	default:
+		t.Fatal("not done at zero")
+	}
+	d.add(1) // a new generation starts afresh
+	select {
+	case <-d.done():
+		t.Fatal("a new generation starts not done")
+	default:
+	}
+}

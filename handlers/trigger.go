@@ -1,0 +1,104 @@
+// Package handlers holds the two Watermill handler funcs of the pipeline:
+// the trigger (event → tasks) and the executor (task → result).
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/eventpipe/eventpipe/event"
+	"github.com/eventpipe/eventpipe/metrics"
+	"github.com/eventpipe/eventpipe/permanent"
+	"github.com/eventpipe/eventpipe/task"
+)
+
+// Matcher turns an event into the tasks its rules make. *rules.Engine is one.
+type Matcher interface {
+	Match(ev *event.Event) ([]task.Task, error)
+}
+
+// Trigger turns events into tasks on the tasks topic.
+type Trigger struct {
+	Parser     event.Parser
+	Rules      Matcher
+	Publisher  message.Publisher
+	TasksTopic string
+	Metrics    *metrics.Metrics
+	Logger     *slog.Logger
+}
+
+// Handle decodes the event, matches it against the current rule set and
+// publishes every task in one Publish call. It returns only after the tasks
+// are published, so the router acks the event only then (at-least-once): a
+// redelivered event yields the same task ids, which the executor de-duplicates.
+//
+// A malformed event is a permanent error (poisoned at once, no retry). When
+// some rules fail for this event (template or run-time condition error) the
+// tasks of the other rules are still published, then the permanent error
+// poisons the event with every failing rule named; a replay after the fix
+// re-makes the published tasks with the same ids, which are de-duplicated.
+// A publish failure is transient: the event is retried, then redelivered.
+func (t *Trigger) Handle(msg *message.Message) error {
+	ev, err := t.Parser.Parse(msg.Payload)
+	if err != nil {
+		return fmt.Errorf("decode event %s: %w", msg.UUID, err)
+	}
+	corr := ev.TraceID()
+	if corr == "" {
+		corr = ev.MessageID
+	}
+	tasks, matchErr := t.Rules.Match(ev)
+	if len(tasks) > 0 {
+		msgs := make([]*message.Message, len(tasks))
+		for i := range tasks {
+			m, err := taskMessage(&tasks[i], corr)
+			if err != nil {
+				return err
+			}
+			msgs[i] = m
+		}
+		if err := t.Publisher.Publish(t.TasksTopic, msgs...); err != nil {
+			return fmt.Errorf("publish %d tasks of event %s to %s: %w", len(msgs), ev.MessageID, t.TasksTopic, err)
+		}
+		for i := range tasks {
+			t.Metrics.TaskTriggered(tasks[i].RuleID, tasks[i].TaskType)
+		}
+	}
+	if t.Logger.Enabled(msg.Context(), slog.LevelDebug) {
+		t.Logger.DebugContext(msg.Context(), "event matched",
+			"correlation_id", corr, "event_id", ev.MessageID, "event_type", ev.EventType, "tasks", len(tasks))
+	}
+	if matchErr != nil {
+		return permanent.Wrap(fmt.Errorf("event %s: %w", ev.MessageID, matchErr))
+	}
+	return nil
+}
+
+// taskMessage encodes a task as a message whose UUID is the task id.
+func taskMessage(t *task.Task, correlationID string) (*message.Message, error) {
+	payload, err := json.Marshal(t)
+	if err != nil {
+		// Parameters come from decoded JSON, so this is a bug, not bad input.
+		return nil, permanent.Wrap(fmt.Errorf("encode task %s of rule %s: %w", t.TaskID, t.RuleID, err))
+	}
+	m := message.NewMessage(t.TaskID, payload)
+	m.Metadata.Set(task.MetaTaskID, t.TaskID)
+	m.Metadata.Set(task.MetaRuleID, t.RuleID)
+	m.Metadata.Set(task.MetaTaskType, t.TaskType)
+	m.Metadata.Set(task.MetaPriority, t.Priority)
+	key := t.PartitionKey
+	if key == "" {
+		key = t.EventID
+	}
+	m.Metadata.Set(task.MetaPartitionKey, key)
+	wmw.SetCorrelationID(correlationID, m)
+	return m, nil
+}
+
+// errNoTaskID is returned for a task message that names no task id.
+var errNoTaskID = errors.New("task has no taskId")

@@ -1,0 +1,461 @@
+// Package pipeline assembles eventpipe: broker, rules, executors, router,
+// middleware and HTTP server. It is the public embedding API:
+//
+//	p, err := pipeline.New(cfg, pipeline.WithExecutor("email", sendEmail))
+//	...
+//	err = p.Run(ctx) // until ctx ends, then a graceful drain
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/eventpipe/eventpipe/api"
+	"github.com/eventpipe/eventpipe/broker"
+	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/event"
+	"github.com/eventpipe/eventpipe/executor"
+	"github.com/eventpipe/eventpipe/handlers"
+	"github.com/eventpipe/eventpipe/metrics"
+	"github.com/eventpipe/eventpipe/middleware"
+	"github.com/eventpipe/eventpipe/rules"
+	"github.com/eventpipe/eventpipe/rulestore"
+	"github.com/eventpipe/eventpipe/task"
+)
+
+// Pipeline is a running eventpipe: build it with New, start it with Run.
+type Pipeline struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	wlog      watermill.LoggerAdapter
+	registry  *prometheus.Registry
+	metrics   *metrics.Metrics
+	broker    broker.Broker
+	ownBroker bool
+	engine    *rules.Engine
+	rules     *rulestore.Store
+	executors *executor.Registry
+	router    *message.Router
+	server    *api.Server
+
+	// abort ends running tasks at the drain deadline (see Executor.Abort).
+	abortCtx context.Context
+	abort    context.CancelFunc
+
+	// listening is closed once addr holds the HTTP listen address.
+	listening chan struct{}
+	addr      string
+	closers   []func() error // resources New opened besides the broker
+	closeMu   sync.Mutex
+	closed    bool
+}
+
+// New builds a pipeline from cfg: it connects the broker, loads and compiles
+// the rules, registers the executors and wires the router and HTTP server.
+// Nothing is consumed until Run. cfg is validated first; start from
+// config.Default() or config.Load.
+func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
+	if cfg == nil {
+		panic("pipeline.New: nil config")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{})}
+	if p.log == nil {
+		p.log = NewLogger(cfg.Log, os.Stderr)
+	}
+	if p.registry == nil {
+		p.registry = prometheus.NewRegistry()
+		p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if cfg.Metrics.Enabled {
+		p.metrics = metrics.New(p.registry)
+	}
+	p.abortCtx, p.abort = context.WithCancel(context.Background())
+
+	var err error
+	if p.executors, err = buildExecutors(cfg, p.log, o.executors); err != nil {
+		return nil, err
+	}
+	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, p.executors.Names()); err != nil {
+		return nil, err
+	}
+	p.engine = p.rules.Engine()
+	// Watermill logs some per-message events at Info (e.g. GoChannel's "No
+	// subscribers to send message"); eventpipe keeps Info for lifecycle lines.
+	wlog := watermill.NewSlogLoggerWithLevelMapping(p.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	p.broker, p.ownBroker = o.broker, o.broker == nil
+	if p.ownBroker {
+		if p.broker, err = broker.New(cfg.Broker, cfg.Topics, wlog); err != nil {
+			return nil, fmt.Errorf("connect %s broker: %w", cfg.Broker.Kind, err)
+		}
+	}
+	if err := p.buildRouter(wlog, &o); err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	p.server, err = api.New(api.Config{
+		Addr:            cfg.HTTP.Addr,
+		Token:           cfg.HTTP.Token,
+		Tokens:          cfg.HTTP.Tokens,
+		MaxBodyBytes:    cfg.HTTP.MaxBatchBytes,
+		MaxRuleBytes:    cfg.HTTP.MaxBodyBytes,
+		MaxEventBytes:   cfg.Event.MaxBytes,
+		ReadTimeout:     cfg.HTTP.ReadTimeout,
+		WriteTimeout:    cfg.HTTP.WriteTimeout,
+		IdleTimeout:     cfg.HTTP.IdleTimeout,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+	}, api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
+		Rules: p.rules, RuleOptions: ruleOptions(p.executors.Names())})
+	if err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// buildExecutors registers the built-ins, then the caller's.
+func buildExecutors(cfg *config.Config, log *slog.Logger, extra []namedExecutor) (*executor.Registry, error) {
+	reg := executor.NewRegistry()
+	shell, err := executor.NewShell(executor.ShellConfig{
+		AllowedCommands: cfg.Executors.Shell.AllowedCommands,
+		MaxOutputBytes:  cfg.Executors.Shell.MaxOutputBytes,
+		DefaultTimeout:  cfg.Executors.Shell.DefaultTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("executors.shell: %w", err)
+	}
+	httpExec, err := executor.NewHTTP(executor.HTTPConfig{
+		AllowedHosts:         cfg.Executors.HTTP.AllowedHosts,
+		AllowPrivateNetworks: cfg.Executors.HTTP.AllowPrivateNetworks,
+		DefaultTimeout:       cfg.Executors.HTTP.DefaultTimeout,
+		MaxResponseBytes:     cfg.Executors.HTTP.MaxResponseBytes,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("executors.http: %w", err)
+	}
+	reg.MustRegister(executor.TypeLog, executor.NewLog(log))
+	reg.MustRegister(executor.TypeShell, shell)
+	reg.MustRegister(executor.TypeHTTP, httpExec)
+	for _, e := range extra {
+		if err := reg.Register(e.name, e.exec); err != nil {
+			return nil, fmt.Errorf("register executor: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// buildRouter adds the trigger and executor handlers, each with the
+// middleware chain, and the caller's handlers.
+func (p *Pipeline) buildRouter(wlog watermill.LoggerAdapter, o *options) error {
+	cfg := p.cfg
+	p.wlog = wlog
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, wlog)
+	if err != nil {
+		return fmt.Errorf("create router: %w", err)
+	}
+	router.AddMiddleware(o.middleware...)
+	pub := p.broker.Publisher()
+
+	trigger := &handlers.Trigger{
+		Parser:     event.Parser{MaxBytes: cfg.Event.MaxBytes},
+		Rules:      p.engine,
+		Publisher:  pub,
+		TasksTopic: cfg.Topics.Tasks,
+		Metrics:    p.metrics,
+		Logger:     p.log.With("handler_name", "trigger"),
+	}
+	if err := p.addHandler(router, "trigger", cfg.Topics.Events, cfg.Trigger.Concurrency, trigger.Handle,
+		middleware.ChainConfig{Timeout: cfg.Trigger.Timeout}); err != nil {
+		return err
+	}
+
+	dedup := o.dedup
+	if dedup == nil {
+		if dedup, err = p.dedupStore(); err != nil {
+			return err
+		}
+	}
+	exec := &handlers.Executor{
+		Executors:    p.executors,
+		Publisher:    pub,
+		ResultsTopic: cfg.Topics.Results,
+		Timeout:      cfg.Executor.Timeout,
+		Abort:        p.abortCtx,
+		Metrics:      p.metrics,
+		Logger:       p.log.With("handler_name", "executor"),
+	}
+	// No chain Timeout: the handler bounds each task by its own timeout.
+	if err := p.addHandler(router, "executor", cfg.Topics.Tasks, cfg.Executor.Concurrency, exec.Handle,
+		middleware.ChainConfig{Dedup: dedup, DedupKey: taskKey}); err != nil {
+		return err
+	}
+	for _, h := range o.handlers {
+		if err := p.addHandler(router, h.name, h.topic, 1, h.fn, middleware.ChainConfig{}); err != nil {
+			return err
+		}
+	}
+	p.router = router
+	return nil
+}
+
+// addHandler subscribes n competing handlers to topic through one
+// subscriber (one consumer group), each wrapped in the chain: n messages of
+// the topic are in flight at once.
+func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
+	fn message.NoPublishHandlerFunc, chain middleware.ChainConfig) error {
+	n = max(n, 1)
+	sub, err := p.broker.Subscriber(topic)
+	if err != nil {
+		return fmt.Errorf("subscribe %s to %s: %w", name, topic, err)
+	}
+	chain.HandlerName = name
+	chain.PoisonPublisher = p.broker.Publisher()
+	chain.PoisonTopic = p.cfg.Topics.Poison(topic)
+	chain.Retry = p.cfg.Retry
+	chain.Metrics = p.metrics
+	chain.Logger = p.wlog
+	mws, err := middleware.Chain(chain)
+	if err != nil {
+		return fmt.Errorf("middleware of %s: %w", name, err)
+	}
+	for i := range n {
+		hname := name
+		if n > 1 {
+			hname = name + "-" + strconv.Itoa(i+1)
+		}
+		router.AddConsumerHandler(hname, topic, sub, fn).AddMiddleware(mws...)
+	}
+	return nil
+}
+
+// dedupStore builds the task de-duplication store dedup.store names.
+func (p *Pipeline) dedupStore() (middleware.DedupStore, error) {
+	cfg := p.cfg.Dedup
+	if cfg.Store == config.DedupRedis {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := middleware.NewRedisDedupStore(ctx, cfg.RedisURL, cfg.TTL, "eventpipe:dedup:")
+		if err != nil {
+			return nil, err
+		}
+		p.closers = append(p.closers, s.Close)
+		return s, nil
+	}
+	s, err := middleware.NewMemoryDedupStore(cfg.MaxEntries, cfg.TTL)
+	if err != nil {
+		return nil, fmt.Errorf("dedup store: %w", err)
+	}
+	return s, nil
+}
+
+// taskKey de-duplicates tasks by task id (the message UUID is the task id too).
+func taskKey(msg *message.Message) string {
+	if id := msg.Metadata.Get(task.MetaTaskID); id != "" {
+		return id
+	}
+	return msg.UUID
+}
+
+// Run consumes and serves until ctx ends, then shuts down gracefully: the
+// HTTP server stops taking events, handlers stop taking messages, running
+// tasks get until shutdown_timeout to finish, and what is still running then
+// is cancelled and left for redelivery. Run returns early with an error if
+// the router or the HTTP server fails.
+func (p *Pipeline) Run(ctx context.Context) error {
+	// The rules file watcher runs as long as Run and has stopped when it returns.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	waitWatch := watchRules(watchCtx, p.rules)
+	defer func() { stopWatch(); waitWatch() }()
+	routerErr := make(chan error, 1)
+	go func() { routerErr <- p.router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case <-p.router.Running():
+	case err := <-routerErr:
+		return fmt.Errorf("router: %w", err)
+	case <-ctx.Done():
+		return p.shutdown(nil)
+	}
+
+	ln, err := net.Listen("tcp", p.cfg.HTTP.Addr)
+	if err != nil {
+		return p.shutdown(fmt.Errorf("listen on %s: %w", p.cfg.HTTP.Addr, err))
+	}
+	p.addr = ln.Addr().String()
+	close(p.listening)
+	serveCtx, stopServe := context.WithCancel(ctx)
+	defer stopServe()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- p.server.Serve(serveCtx, ln) }()
+	go p.reportBacklog(serveCtx, backlogInterval)
+	p.log.Info("eventpipe running", "broker", p.cfg.Broker.Kind, "http_addr", ln.Addr().String(),
+		"rules", len(p.engine.Set().Rules()), "executors", p.executors.Names())
+
+	var failure error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		failure = fmt.Errorf("http server: %w", err)
+		serveErr <- nil
+	case err := <-routerErr:
+		failure = fmt.Errorf("router stopped: %w", err)
+		routerErr <- nil
+	}
+	stopServe()
+	if err := <-serveErr; err != nil {
+		failure = errors.Join(failure, err)
+	}
+	return p.shutdown(failure)
+}
+
+// backlogInterval is how often queue_backlog is refreshed from the broker.
+const backlogInterval = 5 * time.Second
+
+// reportBacklog exports the broker's backlog as queue_backlog until ctx
+// ends, if the broker can tell it and metrics are on.
+func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
+	reporter, ok := p.broker.(broker.BacklogReporter)
+	if !ok || p.metrics == nil {
+		return
+	}
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		backlog, err := reporter.Backlog(ctx)
+		if err != nil {
+			p.log.Warn("read queue backlog", "error", err)
+		}
+		for _, b := range backlog {
+			p.metrics.SetQueueBacklog(b.Topic, b.Partition, float64(b.Messages))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// shutdown drains the router: Router.Close stops the subscriptions and waits
+// up to shutdown_timeout for running handlers; running tasks are aborted
+// before that so their handlers can still return (nack, no poison) and the
+// broker close within the timeout.
+func (p *Pipeline) shutdown(failure error) error {
+	start := time.Now()
+	// Keep back part of the timeout for the aborted handlers to return and
+	// the broker to close: a tenth, at least 2 s, at most half.
+	timeout := p.cfg.ShutdownTimeout
+	reserve := min(max(timeout/10, 2*time.Second), timeout/2)
+	timer := time.AfterFunc(timeout-reserve, p.abort)
+	defer timer.Stop()
+	if err := p.router.Close(); err != nil {
+		failure = errors.Join(failure, fmt.Errorf("close router: %w", err))
+	}
+	p.log.Info("eventpipe stopped", "drain_ms", time.Since(start).Milliseconds())
+	return errors.Join(failure, p.Close())
+}
+
+// Close releases the broker (if the pipeline opened it). Run calls it; call
+// it yourself only when Run was never called. It is safe to call twice.
+func (p *Pipeline) Close() error {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.abort()
+	errs := []error{p.closeBroker()}
+	for _, c := range p.closers {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Pipeline) closeBroker() error {
+	if !p.ownBroker || p.broker == nil {
+		return nil
+	}
+	if err := p.broker.Close(); err != nil {
+		return fmt.Errorf("close broker: %w", err)
+	}
+	return nil
+}
+
+// Addr waits until Run listens and returns the HTTP server's address (useful
+// with addr 127.0.0.1:0), or "" if ctx ends first.
+func (p *Pipeline) Addr(ctx context.Context) string {
+	select {
+	case <-p.listening:
+		return p.addr
+	case <-ctx.Done():
+		return ""
+	}
+}
+
+// Running is closed once the router consumes messages.
+func (p *Pipeline) Running() <-chan struct{} { return p.router.Running() }
+
+// Ready reports whether the router is running and the broker reachable.
+func (p *Pipeline) Ready(ctx context.Context) error {
+	if !p.router.IsRunning() || p.router.IsClosed() {
+		return errors.New("router is not running")
+	}
+	if err := p.broker.Ping(ctx); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	return nil
+}
+
+// Engine returns the rule engine the trigger handler matches with. Its rule
+// set belongs to Rules(): change rules there, so they are versioned and saved.
+func (p *Pipeline) Engine() *rules.Engine { return p.engine }
+
+// Rules returns the rule store: the versioned rule set behind the rules API
+// and the rules file, e.g. to Replace the whole set from code.
+func (p *Pipeline) Rules() *rulestore.Store { return p.rules }
+
+// Registry returns the Prometheus registry the pipeline's metrics are on.
+func (p *Pipeline) Registry() *prometheus.Registry { return p.registry }
+
+// PublishEvents publishes validated events to the events topic, each with
+// its messageId as the message UUID. It implements api.EventPublisher.
+func (p *Pipeline) PublishEvents(ctx context.Context, events []api.Ingested) error {
+	msgs := make([]*message.Message, len(events))
+	for i, e := range events {
+		msgs[i] = EventMessage(ctx, e)
+	}
+	if err := p.broker.Publisher().Publish(p.cfg.Topics.Events, msgs...); err != nil {
+		return fmt.Errorf("publish %d events to %s: %w", len(msgs), p.cfg.Topics.Events, err)
+	}
+	return nil
+}
+
+// EventMessage is the message an accepted event travels in: its messageId
+// as UUID, the bytes as the producer sent them, and its type as metadata
+// (AMQP routes events by type).
+func EventMessage(ctx context.Context, e api.Ingested) *message.Message {
+	m := message.NewMessage(e.ID, message.Payload(e.Raw))
+	if e.Event != nil {
+		m.Metadata.Set(broker.MetaEventType, e.Event.EventType)
+	}
+	m.SetContext(ctx)
+	return m
+}
