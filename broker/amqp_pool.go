@@ -80,31 +80,13 @@ func (p *amqpPool) open() (*amqp091.Channel, error) {
 // confirms: one round trip (and one RabbitMQ disk sync) for the lot rather
 // than one each. It returns the publishings that were not confirmed, in
 // order, with the reason; nil when all were.
+//
+// The channel goes back to the pool once the publishings are sent, before
+// their confirms arrive: a confirm takes a RabbitMQ disk sync (milliseconds),
+// and holding the channel for it would cap the messages awaiting a confirm
+// at the pool size, and with it the throughput of every handler.
 func (p *amqpPool) publish(ctx context.Context, exchange, key string, pubs []amqp091.Publishing) ([]amqp091.Publishing, error) {
-	var ch *amqp091.Channel
-	select {
-	case ch = <-p.slots:
-	case <-ctx.Done():
-		return pubs, ctx.Err()
-	}
-	defer func() { p.slots <- ch }()
-	if ch == nil || ch.IsClosed() {
-		var err error
-		if ch, err = p.open(); err != nil {
-			ch = nil
-			return pubs, err
-		}
-	}
-	confirms := make([]*amqp091.DeferredConfirmation, 0, len(pubs))
-	var sendErr error
-	for _, pub := range pubs {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, pub)
-		if err != nil {
-			sendErr = err
-			break
-		}
-		confirms = append(confirms, dc)
-	}
+	confirms, sendErr := p.send(ctx, exchange, key, pubs)
 	var failed []amqp091.Publishing
 	var waitErr error
 	for i, dc := range confirms {
@@ -122,6 +104,34 @@ func (p *amqpPool) publish(ctx context.Context, exchange, key string, pubs []amq
 		return nil, nil
 	}
 	return failed, errors.Join(sendErr, waitErr)
+}
+
+// send publishes pubs in order on a channel of the pool until one fails,
+// and returns the confirmations of those sent.
+func (p *amqpPool) send(ctx context.Context, exchange, key string, pubs []amqp091.Publishing) ([]*amqp091.DeferredConfirmation, error) {
+	var ch *amqp091.Channel
+	select {
+	case ch = <-p.slots:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { p.slots <- ch }()
+	if ch == nil || ch.IsClosed() {
+		var err error
+		if ch, err = p.open(); err != nil {
+			ch = nil
+			return nil, err
+		}
+	}
+	confirms := make([]*amqp091.DeferredConfirmation, 0, len(pubs))
+	for _, pub := range pubs {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, pub)
+		if err != nil {
+			return confirms, err
+		}
+		confirms = append(confirms, dc)
+	}
+	return confirms, nil
 }
 
 // close closes every channel and the connection; publishing fails after it.
