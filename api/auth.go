@@ -78,9 +78,13 @@ func checkListenAddr(addr string, hasToken bool) error {
 		"set a token (EVENTPIPE_API_TOKEN) or listen on 127.0.0.1", addr)
 }
 
-// authenticate requires a valid bearer token on every method that can change
-// state when tokens are configured. GET, HEAD and OPTIONS stay open so
-// probes and Prometheus need no secret.
+// rulesPath prefixes every rules endpoint.
+const rulesPath = "/api/v1/task-trigger-rules"
+
+// authenticate requires a valid bearer token, when tokens are configured, on
+// every method that can change state and on reading rules (their parameters
+// may hold credentials, e.g. an http task's headers). Other GET, HEAD and
+// OPTIONS requests stay open so probes and Prometheus need no secret.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	if len(s.tokens) == 0 {
 		return next
@@ -88,8 +92,10 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
-			next.ServeHTTP(w, r)
-			return
+			if !strings.HasPrefix(r.URL.Path, rulesPath) {
+				next.ServeHTTP(w, r)
+				return
+			}
 		}
 		presented, ok := bearerToken(r.Header.Get("Authorization"))
 		if !ok {

@@ -266,7 +266,8 @@ func TestRulesAPI_answers_each_error_status(t *testing.T) {
 			wantStatus: 401},
 		{name: "disable_without_token", cfg: api.Config{Token: testToken}, method: http.MethodPost, path: rulesPath + "/paid/disable",
 			wantStatus: 401},
-		{name: "list_needs_no_token", cfg: api.Config{Token: testToken}, method: http.MethodGet, path: rulesPath, wantStatus: 200},
+		{name: "list_needs_the_token", cfg: api.Config{Token: testToken}, method: http.MethodGet, path: rulesPath, wantStatus: 401},
+		{name: "list_with_token", cfg: api.Config{Token: testToken}, method: http.MethodGet, path: rulesPath, header: auth, wantStatus: 200},
 		{name: "create_with_token", cfg: api.Config{Token: testToken}, method: http.MethodPost, path: rulesPath,
 			body: vipRule, header: auth, wantStatus: 201},
 	}

@@ -293,7 +293,7 @@ func TestEvents_answers_503_when_publish_fails(t *testing.T) {
 	assert.Contains(t, res.errorBody(t).Error, "broker unreachable")
 }
 
-func TestAuth_requires_bearer_token_on_mutating_endpoints_only(t *testing.T) {
+func TestAuth_requires_bearer_token_on_mutating_endpoints_and_rule_reads(t *testing.T) {
 	t.Parallel()
 	cfg := api.Config{Token: testToken, Tokens: map[string]string{"ci": "ci-token"}}
 	tests := []struct {
@@ -325,6 +325,12 @@ func TestAuth_requires_bearer_token_on_mutating_endpoints_only(t *testing.T) {
 			wantStatus: http.StatusOK},
 		{name: "metrics_needs_no_token", cfg: cfg, method: http.MethodGet, path: "/metrics",
 			wantStatus: http.StatusOK},
+		{name: "reading_rules_needs_the_token", cfg: cfg, method: http.MethodGet, path: "/api/v1/task-trigger-rules/r1",
+			wantStatus: http.StatusUnauthorized, wantError: "missing bearer token"},
+		{name: "listing_rules_needs_the_token", cfg: cfg, method: http.MethodGet, path: "/api/v1/task-trigger-rules?page=0",
+			wantStatus: http.StatusUnauthorized, wantError: "missing bearer token"},
+		{name: "reading_rules_with_token", cfg: cfg, method: http.MethodGet, path: "/api/v1/task-trigger-rules",
+			auth: "Bearer " + testToken, wantStatus: http.StatusNotImplemented}, // no rule store in this test
 		{name: "no_token_configured_post_is_open", cfg: api.Config{}, method: http.MethodPost, path: "/api/v1/events",
 			wantStatus: http.StatusAccepted},
 	}

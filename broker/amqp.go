@@ -179,7 +179,8 @@ func NewAMQP(cfg config.AMQP, topics config.Topics, logger watermill.LoggerAdapt
 func checkAMQPConfig(cfg config.AMQP) (string, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
-		return "", fmt.Errorf("broker.amqp.url is not a URL: %w", err)
+		// Not err: url.Error quotes the URL, password included.
+		return "", errors.New("broker.amqp.url is not a valid URL (not shown: it may hold a password)")
 	}
 	redacted := u.Redacted()
 	var problems []error

@@ -174,7 +174,7 @@ func TestNewAMQP_rejects_bad_config_naming_the_field(t *testing.T) {
 		wantErr string
 	}{
 		{name: "wrong scheme, password redacted", mutate: func(a *config.AMQP) { a.URL = "http://u:secret@h/" }, wantErr: `broker.amqp.url must start with amqp:// or amqps://, got "http://u:xxxxx@h/"`},
-		{name: "not a URL", mutate: func(a *config.AMQP) { a.URL = "amqp://h:port/" }, wantErr: "broker.amqp.url is not a URL"},
+		{name: "not a URL", mutate: func(a *config.AMQP) { a.URL = "amqp://h:port/" }, wantErr: "broker.amqp.url is not a valid URL"},
 		{name: "no exchange", mutate: func(a *config.AMQP) { a.Exchange = "" }, wantErr: "broker.amqp.exchange must not be empty"},
 		{name: "no binding keys", mutate: func(a *config.AMQP) { a.BindingKeys = nil }, wantErr: "broker.amqp.binding_keys must list at least one key"},
 		{name: "zero prefetch", mutate: func(a *config.AMQP) { a.Prefetch = 0 }, wantErr: "broker.amqp.prefetch must be >= 1, got 0"},

@@ -241,6 +241,10 @@ func TestValidate_names_each_invalid_value(t *testing.T) {
 			c.Broker.Kind = BrokerAMQP
 			c.Broker.AMQP.URL = "http://u:hunter2@mq/"
 		}, `broker.amqp.url must start with amqp:// or amqps://, got "http://u:xxxxx@mq/"`},
+		{"amqp unparsable url hides password", func(c *Config) {
+			c.Broker.Kind = BrokerAMQP
+			c.Broker.AMQP.URL = "amqp://app:Xy7%zQ-S3cret@mq:5672/"
+		}, "broker.amqp.url is not a valid URL (not shown: it may hold a password)"},
 		{"amqp zero prefetch", func(c *Config) {
 			c.Broker.Kind = BrokerAMQP
 			c.Broker.AMQP.Prefetch = 0
@@ -275,6 +279,8 @@ func TestValidate_names_each_invalid_value(t *testing.T) {
 			err := cfg.Validate()
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.wantErr)
+			assert.NotContains(t, err.Error(), "S3cret")
+			assert.NotContains(t, err.Error(), "hunter2")
 		})
 	}
 }

@@ -109,7 +109,9 @@ func (a AMQP) validate(v *validator) {
 	u, err := url.Parse(a.URL)
 	switch {
 	case err != nil:
-		v.check(false, "broker.amqp.url is not a URL: %v", err)
+		// Not err: url.Error quotes the URL, password included.
+		v.check(false, "broker.amqp.url is not a valid URL (not shown: it may hold a password); "+
+			"percent-encode special characters of the user and password")
 	case u.Scheme != "amqp" && u.Scheme != "amqps":
 		v.check(false, "broker.amqp.url must start with amqp:// or amqps://, got %q", u.Redacted())
 	case u.Host == "":

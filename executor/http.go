@@ -170,7 +170,9 @@ func (e *httpExecutor) requestError(ctx, reqCtx context.Context, t *task.Task, t
 }
 
 // checkRedirect re-applies the URL rules to every redirect; the dialer checks
-// the address it leads to.
+// the address it leads to. A redirect to another host (or port) gets none of
+// the task's own headers: net/http drops only Authorization and cookies
+// there, and a task's X-Api-Key is as secret.
 func (e *httpExecutor) checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) > maxRedirects {
 		return permanent.Wrap(fmt.Errorf("stopped after %d redirects", maxRedirects))
@@ -178,8 +180,19 @@ func (e *httpExecutor) checkRedirect(req *http.Request, via []*http.Request) err
 	if err := e.checkURL(req.URL); err != nil {
 		return fmt.Errorf("redirect to %s: %w", req.URL.Redacted(), err)
 	}
+	if req.URL.Host != via[0].URL.Host {
+		for name := range req.Header {
+			if !redirectKeeps[name] {
+				req.Header.Del(name)
+			}
+		}
+	}
 	return nil
 }
+
+// redirectKeeps are the headers eventpipe itself sets, kept on a redirect
+// to another host.
+var redirectKeeps = map[string]bool{"User-Agent": true, "Idempotency-Key": true, "Content-Type": true}
 
 // checkURL refuses schemes other than http and https and hosts not on the allowlist.
 func (e *httpExecutor) checkURL(u *url.URL) error {

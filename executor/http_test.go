@@ -327,6 +327,39 @@ func TestHTTP_redirects(t *testing.T) {
 	}
 }
 
+func TestHTTP_redirect_to_another_host_drops_the_task_headers(t *testing.T) {
+	t.Parallel()
+	other, otherReqs, _ := newServer(t, status(http.StatusOK, "arrived"))
+	same, sameReqs, _ := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/elsewhere" {
+			http.Redirect(w, r, other.URL+"/landing", http.StatusTemporaryRedirect)
+			return
+		}
+		if r.URL.Path == "/here" {
+			http.Redirect(w, r, "/arrived", http.StatusTemporaryRedirect)
+			return
+		}
+		_, _ = io.WriteString(w, "arrived")
+	})
+	e := newHTTP(t, localAllowed)
+	headers := map[string]any{"X-Api-Key": "s3cret", "Authorization": "Bearer t0k"}
+
+	_, err := e.Execute(t.Context(), newTask(map[string]any{"url": same.URL + "/here", "headers": headers}))
+	require.NoError(t, err)
+	<-sameReqs
+	got := <-sameReqs
+	assert.Equal(t, "s3cret", got.header.Get("X-Api-Key"), "same host: the task's headers stay")
+
+	tk := newTask(map[string]any{"url": same.URL + "/elsewhere", "headers": headers, "body": map[string]any{"a": 1}})
+	_, err = e.Execute(t.Context(), tk)
+	require.NoError(t, err)
+	got = <-otherReqs
+	assert.Empty(t, got.header.Get("X-Api-Key"))
+	assert.Empty(t, got.header.Get("Authorization"))
+	assert.Equal(t, tk.TaskID, got.header.Get("Idempotency-Key"), "eventpipe's own headers stay")
+	assert.Equal(t, "application/json", got.header.Get("Content-Type"))
+}
+
 func TestHTTP_bounds_the_response_body(t *testing.T) {
 	t.Parallel()
 	big := strings.Repeat("z", 100_000)

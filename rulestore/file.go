@@ -122,13 +122,14 @@ func (l ruleLines) of(ruleID, field string) int {
 // write a temporary file in the same directory (rename is atomic only within
 // one file system), fsync it, rename it over the file, fsync the directory so
 // the rename itself is durable. A symlinked rules file keeps its link: the
-// link's target is replaced. The file keeps its permissions.
+// link's target is replaced. The file keeps its permissions; a new one is
+// 0600, since rule parameters may hold credentials (http headers).
 func (s *Store) writeFile(data []byte) error {
 	target := s.path
 	if resolved, err := filepath.EvalSymlinks(target); err == nil {
 		target = resolved
 	}
-	perm := fs.FileMode(0o644)
+	perm := fs.FileMode(0o600)
 	if fi, err := os.Stat(target); err == nil {
 		perm = fi.Mode().Perm()
 	}

@@ -513,3 +513,19 @@ func TestInvalidError_unwraps_to_field_errors(t *testing.T) {
 	var fe *rules.FieldError
 	assert.True(t, errors.As(&rulestore.InvalidError{Err: err}, &fe))
 }
+
+func TestStore_write_of_a_vanished_file_creates_it_owner_only(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(seedRules), 0o644))
+	s, err := rulestore.Open(rulestore.Config{Path: path})
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(path))
+
+	_, err = s.Create(t.Context(), newRule("n1"), rulestore.Change{})
+	require.NoError(t, err)
+
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "rule parameters may hold credentials")
+}

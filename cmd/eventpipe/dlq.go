@@ -126,17 +126,21 @@ func matches(pm broker.PoisonMessage, want string) bool {
 	return strings.Contains(strings.ToLower(pm.Reason()), want) || strings.Contains(strings.ToLower(pm.ReasonKind()), want)
 }
 
-// origin returns where a replay sends pm: the topic it was poisoned from,
-// or for a message the broker dead-lettered (no topic_poisoned) the poison
-// topic's name without the suffix.
-func origin(pm broker.PoisonMessage, suffix string) (string, bool) {
-	if o := pm.Origin(); o != "" {
-		return o, true
+// origin returns where a replay sends pm: the poison topic's name without
+// the suffix, the topic every handler poisons from. The topic_poisoned
+// header must agree; it is not trusted on its own, or anyone able to write
+// to one poison topic could have a replay inject messages into another
+// topic (a forged task, say). A message the broker dead-lettered by itself
+// has no topic_poisoned. The string is why not when ok is false.
+func origin(pm broker.PoisonMessage, suffix string) (to string, ok bool, why string) {
+	if suffix == "" || !strings.HasSuffix(pm.Topic, suffix) || len(pm.Topic) == len(suffix) {
+		return "", false, fmt.Sprintf("%s does not end with %q", pm.Topic, suffix)
 	}
-	if suffix != "" && strings.HasSuffix(pm.Topic, suffix) && len(pm.Topic) > len(suffix) {
-		return strings.TrimSuffix(pm.Topic, suffix), true
+	to = strings.TrimSuffix(pm.Topic, suffix)
+	if o := pm.Origin(); o != "" && o != to {
+		return "", false, fmt.Sprintf("its topic_poisoned %q is not %q, the topic %s belongs to", clip(o, 100), to, pm.Topic)
 	}
-	return "", false
+	return to, true, ""
 }
 
 // dlqList prints the poison messages waiting, without taking them off.
@@ -226,10 +230,9 @@ func dlqReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 					pm.Message.UUID, topic, pm.Position, n)
 				return "", false
 			}
-			to, ok := origin(pm, suffix)
+			to, ok, why := origin(pm, suffix)
 			if !ok {
-				fmt.Fprintf(stderr, "skip %s at %s %s: no topic_poisoned and %s does not end with %q\n",
-					pm.Message.UUID, topic, pm.Position, topic, suffix)
+				fmt.Fprintf(stderr, "skip %s at %s %s: %s\n", pm.Message.UUID, topic, pm.Position, why)
 			}
 			return to, ok
 		}
@@ -246,7 +249,7 @@ func dlqReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			done, err = dl.ReplayPoison(ctx, topic, route)
 		}
 		for _, pm := range done {
-			to, _ := origin(pm, suffix)
+			to, _, _ := origin(pm, suffix)
 			fmt.Fprintf(stdout, "%s %s from %s to %s (%s: %s)\n", verb, pm.Message.UUID, topic, to,
 				orDash(pm.ReasonKind()), clip(oneLineText(pm.Reason()), dlqReasonChars))
 		}
@@ -274,7 +277,7 @@ func (t *dlqTable) row(pm broker.PoisonMessage, suffix string) {
 		fmt.Fprintln(t.tw, "TOPIC\tPOSITION\tUUID\tKIND\tORIGIN\tHANDLER\tREASON\tPAYLOAD")
 	}
 	t.rows++
-	to, _ := origin(pm, suffix)
+	to, _, _ := origin(pm, suffix)
 	fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", pm.Topic, pm.Position, pm.Message.UUID,
 		orDash(pm.ReasonKind()), orDash(to), orDash(pm.Handler()),
 		clip(oneLineText(pm.Reason()), dlqReasonChars), snippet(pm.Message.Payload, dlqSnippetBytes))
@@ -299,7 +302,7 @@ type dlqJSON struct {
 }
 
 func writeDLQJSON(w io.Writer, pm broker.PoisonMessage, suffix string) error {
-	to, _ := origin(pm, suffix)
+	to, _, _ := origin(pm, suffix)
 	md := maps.Clone(map[string]string(pm.Message.Metadata))
 	for _, k := range broker.PoisonMetadataKeys {
 		delete(md, k)

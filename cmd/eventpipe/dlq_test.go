@@ -189,8 +189,10 @@ func TestDLQ_replay_without_topic_poisoned_goes_to_the_topic_named_by_the_poison
 		wantTo string
 		wantOK bool
 	}{
-		{name: "topic_poisoned wins", pm: broker.PoisonMessage{Topic: "a.dlq", Message: poisonMessage("1", "b", "h", "k", "r", "")},
-			wantTo: "b", wantOK: true},
+		{name: "topic_poisoned agrees with the poison topic", pm: broker.PoisonMessage{Topic: "a.dlq", Message: poisonMessage("1", "a", "h", "k", "r", "")},
+			wantTo: "a", wantOK: true},
+		{name: "topic_poisoned naming another topic is refused",
+			pm: broker.PoisonMessage{Topic: "business-events.dlq", Message: poisonMessage("1", "schedule-tasks", "h", "k", "r", "")}},
 		{name: "dead-lettered by RabbitMQ: the poison topic without the suffix",
 			pm: broker.PoisonMessage{Topic: "a.dlq", Message: message.NewMessage("1", nil)}, wantTo: "a", wantOK: true},
 		{name: "no way to tell", pm: broker.PoisonMessage{Topic: "a", Message: message.NewMessage("1", nil)}},
@@ -199,8 +201,8 @@ func TestDLQ_replay_without_topic_poisoned_goes_to_the_topic_named_by_the_poison
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			to, ok := origin(tt.pm, ".dlq")
-			assert.Equal(t, tt.wantOK, ok)
+			to, ok, why := origin(tt.pm, ".dlq")
+			assert.Equal(t, tt.wantOK, ok, why)
 			assert.Equal(t, tt.wantTo, to)
 		})
 	}
