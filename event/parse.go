@@ -166,6 +166,11 @@ func (b *builder) cloudEvent(obj map[string]any) {
 
 // finish applies defaults, or returns every problem found.
 func (b *builder) finish() (*Event, error) {
+	// The trace id becomes the correlation id, a header of every task and
+	// result: bound it like the ids (a huge AMQP header closes the connection).
+	if s, ok := b.ev.Metadata["traceId"].(string); ok {
+		b.id("metadata.traceId", s)
+	}
 	if len(b.errs) > 0 {
 		return nil, fail(b.errs...)
 	}

@@ -2,10 +2,13 @@ package handlers_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,20 +55,25 @@ const goodEvent = `{"messageId":"e1","eventType":"order.created","payload":{"ord
 
 func TestTrigger_publishes_every_task_with_key_priority_and_correlation(t *testing.T) {
 	t.Parallel()
+	longKey := strings.Repeat("k", 256)
 	pub := &recorder{}
 	tr := &handlers.Trigger{Rules: matcherFunc(func(ev *event.Event) ([]task.Task, error) {
 		return []task.Task{
 			{TaskID: task.ID(ev.MessageID, "a"), RuleID: "a", TaskType: "log", Priority: "HIGH", EventID: ev.MessageID},
 			{TaskID: task.ID(ev.MessageID, "b"), RuleID: "b", TaskType: "log", Priority: "LOW", EventID: ev.MessageID, PartitionKey: "cust-1"},
+			{TaskID: task.ID(ev.MessageID, "c"), RuleID: "c", TaskType: "log", EventID: ev.MessageID, PartitionKey: longKey},
 		}, nil
 	}), Publisher: pub, TasksTopic: "tasks", Logger: quiet}
 
 	require.NoError(t, tr.Handle(message.NewMessage("m", []byte(goodEvent))))
 	msgs := pub.msgs["tasks"]
-	require.Len(t, msgs, 2)
+	require.Len(t, msgs, 3)
 	assert.Equal(t, task.ID("e1", "a"), msgs[0].UUID)
 	assert.Equal(t, "e1", msgs[0].Metadata.Get(task.MetaPartitionKey), "default key is the event id")
 	assert.Equal(t, "cust-1", msgs[1].Metadata.Get(task.MetaPartitionKey))
+	sum := sha256.Sum256([]byte(longKey))
+	assert.Equal(t, "sha256:"+hex.EncodeToString(sum[:]), msgs[2].Metadata.Get(task.MetaPartitionKey),
+		"a key too long for a header is replaced by its hash")
 	assert.Equal(t, "HIGH", msgs[0].Metadata.Get(task.MetaPriority))
 	assert.Equal(t, "tr-1", wmw.MessageCorrelationID(msgs[1]))
 	var decoded task.Task

@@ -3,6 +3,9 @@
 package handlers
 
 import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,13 +94,25 @@ func taskMessage(t *task.Task, correlationID string) (*message.Message, error) {
 	m.Metadata.Set(task.MetaRuleID, t.RuleID)
 	m.Metadata.Set(task.MetaTaskType, t.TaskType)
 	m.Metadata.Set(task.MetaPriority, t.Priority)
-	key := t.PartitionKey
-	if key == "" {
-		key = t.EventID
-	}
-	m.Metadata.Set(task.MetaPartitionKey, key)
+	m.Metadata.Set(task.MetaPartitionKey, partitionKey(t))
 	wmw.SetCorrelationID(correlationID, m)
 	return m, nil
+}
+
+// maxKeyLen bounds a partition key, which travels as a message header (an
+// AMQP header frame cannot be split) and as the Kafka record key.
+const maxKeyLen = 255
+
+// partitionKey returns the key of t's message: the rule's rendered partition
+// key, default the event id. A longer key than maxKeyLen (it is rendered from
+// event content) is replaced by its SHA-256, which keeps one key one key.
+func partitionKey(t *task.Task) string {
+	key := cmp.Or(t.PartitionKey, t.EventID)
+	if len(key) > maxKeyLen {
+		sum := sha256.Sum256([]byte(key))
+		key = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return key
 }
 
 // errNoTaskID is returned for a task message that names no task id.
