@@ -18,6 +18,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/permanent"
 )
 
 // MetaEventType is the metadata key of an event's type. On AMQP it is the
@@ -37,6 +38,12 @@ const (
 	amqpDLXSuffix = ".dlx"
 	// amqpMaxName is the longest queue name or routing key AMQP allows.
 	amqpMaxName = 255
+	// amqpMaxHeaderBytes bounds a message's metadata. AMQP carries the
+	// headers in one frame that cannot be split, and RabbitMQ closes the
+	// whole connection (every channel of the pool) on a frame over frame_max
+	// (default 128 KiB); this leaves room for the other properties. A poison
+	// copy cut by truncatePoisonMetadata stays below it.
+	amqpMaxHeaderBytes = 96 << 10
 )
 
 // AMQP is the RabbitMQ broker (watermill-amqp v3), with this topology:
@@ -349,6 +356,9 @@ func (a *AMQP) publish(topic, exchange, key string, msgs []*message.Message) err
 	}
 	pubs := make([]amqp091.Publishing, len(msgs))
 	for i, m := range msgs {
+		if err := checkHeaderSize(m); err != nil {
+			return err
+		}
 		p, err := a.marshaler.Marshal(m)
 		if err != nil {
 			return fmt.Errorf("marshal message %s: %w", m.UUID, err)
@@ -383,6 +393,36 @@ func (a *AMQP) publish(topic, exchange, key string, msgs []*message.Message) err
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// checkHeaderSize refuses, as a permanent error, a message whose metadata
+// is over amqpMaxHeaderBytes, naming the largest key. A poison copy is cut
+// instead (its headers are the original's, which RabbitMQ took, grown by
+// the reason and by tables turned into JSON): it must still get through.
+func checkHeaderSize(m *message.Message) error {
+	size, largest := 0, ""
+	for k, v := range m.Metadata {
+		size += len(k) + len(v) + 6 // key length byte, type byte, value length
+		if largest == "" || len(v) > len(m.Metadata[largest]) {
+			largest = k
+		}
+	}
+	if size <= amqpMaxHeaderBytes {
+		return nil
+	}
+	if m.Metadata.Get(MetaReasonPoisoned) != "" && truncatePoisonMetadata(m) {
+		return checkHeaderSize(m)
+	}
+	return permanent.Wrap(fmt.Errorf("message %s: metadata of %d bytes is over the %d an AMQP header frame may carry here (largest: %q, %d bytes)",
+		m.UUID, size, amqpMaxHeaderBytes, clipKey(largest), len(m.Metadata[largest])))
+}
+
+// clipKey shortens a metadata key for an error message.
+func clipKey(k string) string {
+	if len(k) > 64 {
+		return cutText(k, 64) + "…"
+	}
+	return k
 }
 
 // amqpPublisher routes events to the events exchange and everything else

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/task"
 )
 
@@ -228,4 +229,29 @@ func TestAMQPPublisher_rejects_names_longer_than_AMQP_allows_without_retrying(t 
 			assert.Contains(t, err.Error(), tt.wantErr)
 		})
 	}
+}
+
+func TestCheckHeaderSize_refuses_oversized_metadata_and_cuts_poison_copies(t *testing.T) {
+	t.Parallel()
+	big := strings.Repeat("x", 200<<10)
+
+	ok := message.NewMessage("ok", nil)
+	ok.Metadata.Set("correlation_id", "c-1")
+	require.NoError(t, checkHeaderSize(ok))
+
+	task := message.NewMessage("t-1", nil)
+	task.Metadata.Set("correlation_id", big)
+	err := checkHeaderSize(task)
+	require.Error(t, err)
+	assert.True(t, permanent.Is(err), "retrying cannot help: %v", err)
+	assert.Contains(t, err.Error(), `message t-1: metadata of 204820 bytes is over the 98304 an AMQP header frame may carry here (largest: "correlation_id", 204800 bytes)`)
+
+	poison := message.NewMessage("p-1", []byte("not json"))
+	poison.Metadata.Set("x-foreign", big)
+	poison.Metadata.Set(MetaReasonPoisoned, "invalid JSON")
+	poison.Metadata.Set(MetaTopicPoisoned, "business-events")
+	require.NoError(t, checkHeaderSize(poison), "a poison copy is cut, not refused")
+	assert.Equal(t, "invalid JSON", poison.Metadata.Get(MetaReasonPoisoned))
+	assert.Less(t, len(poison.Metadata.Get("x-foreign")), 5<<10)
+	assert.Equal(t, "x-foreign", poison.Metadata.Get(MetaMetadataTruncated))
 }

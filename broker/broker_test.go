@@ -306,3 +306,90 @@ func TestEmbedded_full_group_blocks_neither_other_publishes_nor_subscribes(t *te
 	}
 	busy.Ack()
 }
+
+func TestEmbedded_member_that_leaves_holding_a_message_gives_it_back_to_the_group(t *testing.T) {
+	t.Parallel()
+	nothing := func(*message.Message) {}
+	nack := func(m *message.Message) { m.Nack() }
+	ack := func(m *message.Message) { m.Ack() }
+	tests := []struct {
+		name string
+		// before and after: what the holder's handler does with the message
+		// before and after its subscription ends.
+		before, after func(*message.Message)
+		wantOther     bool // the other subscription gets the message
+	}{
+		{name: "taken for redelivery after a nack, not handed over yet", before: nack, after: nothing, wantOther: true},
+		{name: "handed over, nacked after the subscription ended", before: nothing, after: nack, wantOther: true},
+		{name: "handed over, acked after the subscription ended", before: nothing, after: ack, wantOther: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := NewEmbedded(config.Default().Broker.Embedded, nil)
+			t.Cleanup(func() { _ = b.Close() })
+			sub, err := b.Subscriber("t")
+			require.NoError(t, err)
+			var chans [2]<-chan *message.Message
+			var cancels [2]context.CancelFunc
+			for i := range chans {
+				ctx, cancel := context.WithCancel(t.Context())
+				t.Cleanup(cancel)
+				chans[i], err = sub.Subscribe(ctx, "t")
+				require.NoError(t, err)
+				cancels[i] = cancel
+			}
+			require.NoError(t, b.Publisher().Publish("t", message.NewMessage("m", nil)))
+
+			var held *message.Message
+			holder := 0
+			select {
+			case held = <-chans[0]:
+			case held = <-chans[1]:
+				holder = 1
+			case <-time.After(5 * time.Second):
+				t.Fatal("no message within 5s")
+			}
+			other := chans[1-holder]
+			tt.before(held)
+			cancels[holder]()
+			tt.after(held)
+
+			if tt.wantOther {
+				got := receive(t, other)
+				assert.Equal(t, "m", got.UUID)
+				got.Ack()
+			} else {
+				select {
+				case m := <-other:
+					t.Fatalf("%s acked by its handler was delivered again", m.UUID)
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			require.Eventually(t, func() bool {
+				backlog, err := b.Backlog(t.Context())
+				return err == nil && len(backlog) == 1 && backlog[0].Messages == 0
+			}, 5*time.Second, time.Millisecond, "the message is acked once, and counted")
+		})
+	}
+}
+
+func TestEmbedded_later_subscription_gets_the_message_the_last_member_gave_back(t *testing.T) {
+	t.Parallel()
+	b := newEmbedded(t)
+	sub, err := b.Subscriber("t")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	ch, err := sub.Subscribe(ctx, "t")
+	require.NoError(t, err)
+	require.NoError(t, b.Publisher().Publish("t", message.NewMessage("m", nil)))
+	held := receive(t, ch)
+	cancel()
+	held.Nack() // its handler was aborted
+
+	later, err := sub.Subscribe(t.Context(), "t")
+	require.NoError(t, err)
+	got := receive(t, later)
+	got.Ack()
+	assert.Equal(t, "m", got.UUID)
+}

@@ -33,6 +33,9 @@ type Embedded struct {
 	mu        sync.Mutex
 	published map[string]*atomic.Int64 // by topic, counted for Backlog
 	groups    []*group
+
+	// done is closed by Close: messages given back to a group are dropped.
+	done chan struct{}
 }
 
 // NewEmbedded returns an embedded broker.
@@ -40,7 +43,7 @@ func NewEmbedded(cfg config.EmbeddedBroker, logger watermill.LoggerAdapter) *Emb
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Embedded{published: map[string]*atomic.Int64{}, buffer: max(cfg.BufferSize, 0), ch: gochannel.NewGoChannel(gochannel.Config{
+	return &Embedded{published: map[string]*atomic.Int64{}, buffer: max(cfg.BufferSize, 0), done: make(chan struct{}), ch: gochannel.NewGoChannel(gochannel.Config{
 		OutputChannelBuffer: int64(cfg.BufferSize),
 		// Persistent would keep every message in memory forever for late subscribers.
 		Persistent: false,
@@ -144,7 +147,7 @@ func (e *Embedded) Subscriber(string) (message.Subscriber, error) {
 	if e.closed.Load() {
 		return nil, ErrClosed
 	}
-	g := &group{e: e}
+	g := &group{e: e, back: make(chan *message.Message)}
 	e.mu.Lock()
 	e.groups = append(e.groups, g)
 	e.mu.Unlock()
@@ -161,7 +164,9 @@ func (e *Embedded) Ping(context.Context) error {
 
 // Close closes the GoChannel: subscriptions end and Publish fails.
 func (e *Embedded) Close() error {
-	e.closed.Store(true)
+	if e.closed.CompareAndSwap(false, true) {
+		close(e.done)
+	}
 	return e.ch.Close()
 }
 
@@ -172,6 +177,9 @@ func (e *Embedded) Close() error {
 // acked. Watermill has no in-memory pub/sub with competing consumers, hence
 // this small piece. Acking before the handler does loses nothing that GoChannel
 // would keep: the embedded broker is not durable anyway.
+//
+// A member that leaves while it holds a message gives it back to the group
+// (see giveBack), so another member, or a later subscription, delivers it.
 type group struct {
 	e *Embedded
 	// acked counts messages the group's handlers acked; base is the
@@ -186,6 +194,10 @@ type group struct {
 	// feed closes it when the GoChannel subscription ends.
 	work chan *message.Message
 	stop context.CancelFunc
+	// back hands messages given back by leaving members to the others. It
+	// outlives work, which each first member makes anew: a message given
+	// back by the last member waits there for the next subscription.
+	back chan *message.Message
 }
 
 // Subscribe adds a member to the group. All members use one topic.
@@ -224,7 +236,9 @@ func feed(src <-chan *message.Message, work chan<- *message.Message) {
 
 // member delivers messages to its handler one at a time, resending a
 // message until it is acked. It leaves when ctx ends or the broker closes;
-// the last member to leave ends the group's GoChannel subscription.
+// the last member to leave ends the group's GoChannel subscription. A message
+// it holds when ctx ends goes back to the group: at once if its handler does
+// not have it, else once its handler nacks it (see settle).
 func (g *group) member(ctx context.Context, work <-chan *message.Message, out chan<- *message.Message) {
 	defer func() {
 		close(out)
@@ -242,6 +256,7 @@ func (g *group) member(ctx context.Context, work <-chan *message.Message, out ch
 	for {
 		var msg *message.Message
 		select {
+		case msg = <-g.back:
 		case m, ok := <-work:
 			if !ok {
 				return
@@ -250,12 +265,19 @@ func (g *group) member(ctx context.Context, work <-chan *message.Message, out ch
 		case <-ctx.Done():
 			return
 		}
+		if ctx.Err() != nil {
+			// select picks at random among ready cases: a message may come
+			// in although ctx has ended.
+			go g.giveBack(msg)
+			return
+		}
 		for acked := false; !acked; {
 			delivery := msg.Copy()
 			delivery.SetContext(ctx)
 			select {
 			case out <- delivery:
 			case <-ctx.Done():
+				go g.giveBack(msg)
 				return
 			}
 			select {
@@ -264,9 +286,33 @@ func (g *group) member(ctx context.Context, work <-chan *message.Message, out ch
 				g.acked.Add(1)
 			case <-delivery.Nacked():
 			case <-ctx.Done():
+				go g.settle(msg, delivery)
 				return
 			}
 		}
+	}
+}
+
+// settle waits for the handler that still has msg after its subscription
+// ended: the router lets running handlers finish (a graceful drain), so an
+// ack counts, and a nack (a handler aborted at shutdown) gives msg back to
+// the group rather than dropping it.
+func (g *group) settle(msg, delivery *message.Message) {
+	select {
+	case <-delivery.Acked():
+		g.acked.Add(1)
+	case <-delivery.Nacked():
+		g.giveBack(msg)
+	case <-g.e.done:
+	}
+}
+
+// giveBack waits until a member of the group takes msg, or drops it when the
+// broker closes (the embedded broker is not durable).
+func (g *group) giveBack(msg *message.Message) {
+	select {
+	case g.back <- msg:
+	case <-g.e.done:
 	}
 }
 

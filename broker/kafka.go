@@ -8,8 +8,10 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
@@ -40,6 +42,13 @@ const (
 	// poisonKeepBytes is how much of a payload a poison copy keeps when the
 	// cluster refuses the whole record as too large.
 	poisonKeepBytes = 64 << 10
+	// poisonKeepValueBytes bounds each metadata value (reason_poisoned
+	// included) of a poison copy refused as too large even with its payload
+	// cut, and poisonKeepMetadataBytes the keys and values of its other
+	// metadata together: with the payload cut too, the copy stays far below
+	// any usable message.max.bytes (Kafka's default is 1 MiB).
+	poisonKeepValueBytes    = 4 << 10
+	poisonKeepMetadataBytes = 64 << 10
 )
 
 // Kafka is the Kafka broker: watermill-kafka (Sarama) publisher and
@@ -326,6 +335,11 @@ func (k *Kafka) lag(topic string) ([]Backlog, error) {
 		return nil, err
 	}
 	committed, err := k.admin.ListConsumerGroupOffsets(k.ConsumerGroup(topic), map[string][]int32{topic: parts})
+	if errors.Is(err, sarama.ErrGroupIDNotFound) {
+		// A group that never committed: Kafka answers -1 offsets, some
+		// brokers (kfake) this error. Everything is still to consume.
+		committed, err = &sarama.OffsetFetchResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -457,6 +471,11 @@ func (k *Kafka) subscriber(topic string) (*kafka.Subscriber, error) {
 // MetaPayloadTruncated on a poison message holds the original payload size
 // when the broker refused the whole message and only its start was kept.
 const MetaPayloadTruncated = "payload_truncated_bytes"
+
+// MetaMetadataTruncated on a poison message lists, comma-separated, the
+// metadata keys whose values were cut or that were dropped because the
+// broker refused the message as too large even with its payload cut.
+const MetaMetadataTruncated = "metadata_truncated"
 
 // kafkaPublisher creates a topic before its first message; Close is a no-op (see Broker).
 type kafkaPublisher struct{ k *Kafka }
@@ -603,16 +622,72 @@ func (k *Kafka) publishTimeout() time.Duration {
 	return cmp.Or(k.cfg.PublishTimeout, kafkaPublishRetryTimeout)
 }
 
-// truncateForPoison cuts the payload of a poison message the cluster refused
-// as too large, so that the failure is still recorded with its reason and
-// metadata and the partition moves on; payload_truncated_bytes says how big
-// it was. It reports whether it changed msg (only once per message).
+// truncateForPoison shrinks a poison message the cluster refused as too
+// large, so that the failure is still recorded with its reason and the
+// partition moves on instead of redelivering the message forever. First the
+// payload is cut to its first poisonKeepBytes (payload_truncated_bytes says
+// how big it was); if the record is still refused, its headers are what is
+// too large and the metadata is cut (see truncatePoisonMetadata). It reports
+// whether it changed msg: each step runs once, then Publish gives up.
 func truncateForPoison(msg *message.Message, err error) bool {
-	if !errors.Is(err, sarama.ErrMessageSizeTooLarge) || msg.Metadata.Get("reason_poisoned") == "" ||
-		msg.Metadata.Get(MetaPayloadTruncated) != "" || len(msg.Payload) <= poisonKeepBytes {
+	if !errors.Is(err, sarama.ErrMessageSizeTooLarge) || msg.Metadata.Get(MetaReasonPoisoned) == "" {
 		return false
 	}
-	msg.Metadata.Set(MetaPayloadTruncated, strconv.Itoa(len(msg.Payload)))
-	msg.Payload = msg.Payload[:poisonKeepBytes]
+	if len(msg.Payload) > poisonKeepBytes {
+		msg.Metadata.Set(MetaPayloadTruncated, strconv.Itoa(len(msg.Payload)))
+		msg.Payload = msg.Payload[:poisonKeepBytes]
+		return true
+	}
+	return truncatePoisonMetadata(msg)
+}
+
+// truncatePoisonMetadata bounds the metadata of a poison message. The keys
+// that say why it was poisoned (PoisonMetadataKeys and the truncation
+// marks) are always kept, each value cut to poisonKeepValueBytes. Of the
+// others, the smallest are kept first, each value cut the same way, while
+// they fit in poisonKeepMetadataBytes; the rest are dropped. The keys cut or
+// dropped are listed in metadata_truncated. It reports whether it changed
+// msg: a second call finds nothing left to cut.
+func truncatePoisonMetadata(msg *message.Message) bool {
+	kept := func(k string) bool {
+		return slices.Contains(PoisonMetadataKeys, k) || k == MetaPayloadTruncated || k == MetaMetadataTruncated
+	}
+	size := func(k string) int { return len(k) + min(len(msg.Metadata[k]), poisonKeepValueBytes) }
+	keys := slices.SortedFunc(maps.Keys(msg.Metadata), func(a, b string) int {
+		return cmp.Or(cmp.Compare(size(a), size(b)), cmp.Compare(a, b))
+	})
+	var cut []string
+	used := 0
+	for _, k := range keys {
+		if !kept(k) {
+			if used+size(k) > poisonKeepMetadataBytes {
+				delete(msg.Metadata, k)
+				cut = append(cut, k)
+				continue
+			}
+			used += size(k)
+		}
+		if v := msg.Metadata[k]; len(v) > poisonKeepValueBytes {
+			msg.Metadata[k] = cutText(v, poisonKeepValueBytes)
+			cut = append(cut, k)
+		}
+	}
+	if len(cut) == 0 {
+		return false
+	}
+	slices.Sort(cut)
+	msg.Metadata.Set(MetaMetadataTruncated, cutText(strings.Join(cut, ","), poisonKeepValueBytes))
 	return true
+}
+
+// cutText returns s cut to at most n bytes at a rune boundary: metadata is
+// text (reason_poisoned is shown by eventpipe dlq list), keep it valid UTF-8.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

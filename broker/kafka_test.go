@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,6 +15,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -462,5 +465,136 @@ func TestDrain_is_done_only_when_every_relay_and_message_is_done(t *testing.T) {
 	case <-d.done():
 		t.Fatal("a new generation starts not done")
 	default:
+	}
+}
+
+func TestKafka_poison_copy_too_large_for_the_cluster_is_cut_until_it_fits(t *testing.T) {
+	t.Parallel()
+	const limit = 1 << 20 // the cluster's message.max.bytes
+	big := strings.Repeat("x", 2<<20)
+	manyHeaders := map[string]string{}
+	for i := range 400 { // 1.2 MiB of headers, each value under poisonKeepValueBytes
+		manyHeaders[fmt.Sprintf("h-%03d", i)] = strings.Repeat("y", 3<<10)
+	}
+	tests := []struct {
+		name    string
+		payload []byte
+		meta    map[string]string
+		// wantPayloadCut is payload_truncated_bytes ("" = payload kept whole).
+		wantPayloadCut string
+		// wantMetaCut is the start of metadata_truncated ("" = metadata kept whole).
+		wantMetaCut string
+		check       func(t *testing.T, got message.Metadata)
+	}{
+		{
+			name: "payload too large: only the payload is cut", payload: []byte(big),
+			wantPayloadCut: "2097152",
+		},
+		{
+			name: "headers alone too large: the large value is cut, the payload kept", payload: []byte(`{"id":"h"}`),
+			meta:        map[string]string{"blob": big},
+			wantMetaCut: "blob",
+			check: func(t *testing.T, got message.Metadata) {
+				assert.Equal(t, big[:poisonKeepValueBytes], got.Get("blob"))
+			},
+		},
+		{
+			name: "payload and headers both too large: both are cut", payload: []byte(big),
+			meta:           map[string]string{"blob": big},
+			wantPayloadCut: "2097152", wantMetaCut: "blob",
+		},
+		{
+			name: "reason too large: the reason is cut and kept", payload: []byte(`{"id":"r"}`),
+			meta:        map[string]string{MetaReasonPoisoned: "invalid JSON: " + big},
+			wantMetaCut: MetaReasonPoisoned,
+			check: func(t *testing.T, got message.Metadata) {
+				assert.Len(t, got.Get(MetaReasonPoisoned), poisonKeepValueBytes)
+				assert.True(t, strings.HasPrefix(got.Get(MetaReasonPoisoned), "invalid JSON: xxx"))
+			},
+		},
+		{
+			name: "many headers: the largest are dropped, the poison keys kept", payload: []byte(`{"id":"m"}`),
+			meta:        manyHeaders,
+			wantMetaCut: "h-",
+			check: func(t *testing.T, got message.Metadata) {
+				dropped := strings.Split(got.Get(MetaMetadataTruncated), ",")
+				assert.NotEmpty(t, dropped)
+				for _, k := range dropped {
+					assert.NotContains(t, got, k)
+				}
+				assert.Len(t, got, len(manyHeaders)+7-len(dropped), "the others are kept")
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			brokers := newKfake(t, kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(limit)}))
+			k, topics := newTestKafka(t, brokers, nil)
+			dlq := topics.Poison(topics.Events)
+			msg := poisoned("p1", topics.Events, "permanent", "invalid JSON")
+			msg.Payload = tt.payload
+			for key, v := range tt.meta {
+				msg.Metadata.Set(key, v)
+			}
+
+			require.NoError(t, k.Publisher().Publish(dlq, msg), "a poison copy must always get through")
+
+			got, _, err := k.ListPoison(t.Context(), dlq, 0)
+			require.NoError(t, err)
+			require.Len(t, got, 1)
+			md := got[0].Message.Metadata
+			assert.Equal(t, "p1", got[0].Message.UUID)
+			assert.Equal(t, topics.Events, got[0].Origin())
+			assert.Equal(t, "trigger", got[0].Handler())
+			assert.Equal(t, "permanent", got[0].ReasonKind())
+			assert.NotEmpty(t, got[0].Reason())
+			assert.Equal(t, "key-p1", md.Get(task.MetaPartitionKey), "small metadata is kept")
+			assert.Equal(t, tt.wantPayloadCut, md.Get(MetaPayloadTruncated))
+			wantPayload := tt.payload
+			if tt.wantPayloadCut != "" {
+				wantPayload = tt.payload[:poisonKeepBytes]
+			}
+			assert.True(t, bytes.Equal(wantPayload, got[0].Message.Payload), "payload of %d bytes, want %d", len(got[0].Message.Payload), len(wantPayload))
+			if tt.wantMetaCut == "" {
+				assert.Empty(t, md.Get(MetaMetadataTruncated))
+			} else {
+				assert.True(t, strings.HasPrefix(md.Get(MetaMetadataTruncated), tt.wantMetaCut), md.Get(MetaMetadataTruncated))
+			}
+			if tt.check != nil {
+				tt.check(t, md)
+			}
+		})
+	}
+}
+
+func TestKafka_publish_of_an_ordinary_message_with_headers_too_large_fails(t *testing.T) {
+	t.Parallel()
+	k, topics := newTestKafka(t, newKfake(t), nil)
+	msg := message.NewMessage("big-headers", []byte(`{}`))
+	msg.Metadata.Set("blob", strings.Repeat("x", 2<<20))
+	err := k.Publisher().Publish(topics.Results, msg)
+	require.Error(t, err, "only poison copies are cut")
+	assert.Contains(t, err.Error(), "publish big-headers to kafka topic "+topics.Results)
+	assert.Len(t, msg.Metadata.Get("blob"), 2<<20)
+}
+
+func TestCutText_cuts_at_a_rune_boundary(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   string
+		n    int
+		want string
+	}{
+		{name: "short text is kept", in: "abc", n: 5, want: "abc"},
+		{name: "ASCII is cut at n", in: "abcdef", n: 3, want: "abc"},
+		{name: "a rune across n is dropped whole", in: "ab€cd", n: 3, want: "ab"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			assert.Equal(t, tt.want, cutText(tt.in, tt.n))
+		})
 	}
 }

@@ -161,6 +161,41 @@ func TestAMQP_messages_with_foreign_headers_are_processed(t *testing.T) {
 	assert.Equal(t, task.ID("foreign-1", "audit"), got[0].TaskID)
 }
 
+// A foreign message RabbitMQ took, whose headers grow past what one AMQP
+// header frame carries once turned into strings (a timestamp array becomes
+// JSON), is poisoned with its headers cut: publishing its poison copy whole
+// would make RabbitMQ close the publishing connection, again and again.
+func TestAMQP_poison_copy_with_oversized_headers_is_cut_and_publishing_goes_on(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, amqpTarget(t), nil, nil)
+	res := h.watch(h.cfg.Topics.Results)
+	dlq := h.watch(h.cfg.Topics.Poison(h.cfg.Topics.Events))
+	conn, err := amqp091.Dial(h.cfg.Broker.AMQP.URL)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	stamps := make([]any, 7000) // 63 KB on the wire, about 160 KB as JSON text
+	for i := range stamps {
+		stamps[i] = time.Date(2026, 12, 2, 7, 0, i%60, 0, time.UTC)
+	}
+	require.NoError(t, ch.PublishWithContext(t.Context(), h.cfg.Broker.AMQP.Exchange, "order.created", false, false, amqp091.Publishing{
+		Headers:      amqp091.Table{"stamps": stamps, "origin": "legacy"},
+		DeliveryMode: amqp091.Persistent,
+		Body:         []byte("not json"),
+	}))
+	h.publish(ev("after-big-headers", "order.created"))
+
+	poisoned := dlq.waitFor(t, 1, waitLong)
+	md := poisoned[0].Metadata
+	assert.Contains(t, md.Get(broker.MetaReasonPoisoned), "invalid JSON")
+	assert.Equal(t, "stamps", md.Get(broker.MetaMetadataTruncated))
+	assert.Equal(t, "legacy", md.Get("origin"))
+	assert.Equal(t, "not json", string(poisoned[0].Payload))
+	got := results(t, res.waitFor(t, 1, waitLong))
+	assert.Equal(t, task.ID("after-big-headers", "audit"), got[0].TaskID)
+}
+
 func TestAMQP_binding_keys_select_event_types(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, amqpTarget(t), func(c *config.Config) { c.Broker.AMQP.BindingKeys = []string{"order.*"} }, nil)

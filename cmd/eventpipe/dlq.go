@@ -230,6 +230,12 @@ func dlqReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 					pm.Message.UUID, topic, pm.Position, n)
 				return "", false
 			}
+			if keys := pm.Message.Metadata.Get(broker.MetaMetadataTruncated); keys != "" {
+				// Its producer's headers were cut or dropped: replayed, it would run without them.
+				fmt.Fprintf(stderr, "skip %s at %s %s: metadata %s was cut to fit the broker's size limit\n",
+					pm.Message.UUID, topic, pm.Position, clip(keys, dlqReasonChars))
+				return "", false
+			}
 			to, ok, why := origin(pm, suffix)
 			if !ok {
 				fmt.Fprintf(stderr, "skip %s at %s %s: %s\n", pm.Message.UUID, topic, pm.Position, why)

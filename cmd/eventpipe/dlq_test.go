@@ -231,3 +231,20 @@ func TestDLQ_replay_skips_a_truncated_poison_copy(t *testing.T) {
 	assert.Contains(t, stderr, "2097152-byte payload")
 	assert.Contains(t, stdout, "replayed 0 poison messages")
 }
+
+func TestDLQ_replay_skips_a_poison_copy_with_cut_metadata(t *testing.T) {
+	t.Parallel()
+	file, k := kafkaDLQConfig(t)
+	cfg := loadConfig(t, file)
+	events := cfg.Topics.Events
+	dlq := cfg.Topics.Poison(events)
+	cut := poisonMessage("hdr-1", events, "trigger", "permanent", "invalid JSON", `{"eventType":"a"}`)
+	cut.Metadata.Set(broker.MetaMetadataTruncated, "blob,trace")
+	require.NoError(t, k.Publisher().Publish(dlq, cut))
+
+	code, stdout, stderr := eventpipe(t, "dlq", "replay", "--config", file)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stderr, "skip hdr-1")
+	assert.Contains(t, stderr, "metadata blob,trace was cut")
+	assert.Contains(t, stdout, "replayed 0 poison messages")
+}
