@@ -51,10 +51,18 @@ bench:
 	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
 	  $(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 10000x ./integration/
 
-# fuzz runs every fuzz target for FUZZTIME each.
+# fuzz runs every fuzz target for FUZZTIME each. Minimizing a new
+# interesting input may otherwise take 60 s (the default), counted in
+# FUZZTIME but not in execs: bound it so a short run keeps fuzzing.
+FUZZFLAGS ?= -fuzzminimizetime 200x
 fuzz:
-	$(GO) test ./event/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./rules/ -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./event/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./rules/ -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./rules/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./executor/ -run '^$$' -fuzz '^FuzzTaskParameters$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./api/ -run '^$$' -fuzz '^FuzzEvents$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./api/ -run '^$$' -fuzz '^FuzzRulesTest$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./api/ -run '^$$' -fuzz '^FuzzRulesCreate$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
