@@ -16,6 +16,7 @@ import (
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/file"
+	"github.com/expr-lang/expr/parser"
 	"github.com/expr-lang/expr/vm"
 
 	"github.com/eventpipe/eventpipe/event"
@@ -61,8 +62,8 @@ const (
 var ruleIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
 // vms reuses expr VMs so that evaluating a condition does not allocate a VM
-// and its stack per call.
-var vms = sync.Pool{New: func() any { return &vm.VM{} }}
+// and its stack per call. Run resets the memory used, not the budget.
+var vms = sync.Pool{New: func() any { return &vm.VM{MemoryBudget: conditionMemoryBudget} }}
 
 // Option configures Compile.
 type Option func(*options)
@@ -262,7 +263,15 @@ func compileCondition(cond string) (*vm.Program, error) {
 	if len(cond) > maxConditionLen {
 		return nil, fmt.Errorf("longer than %d bytes", maxConditionLen)
 	}
-	prog, err := expr.Compile(cond, expr.Env(env{}), expr.AsBool())
+	// Refusals look at the condition as written, before expr compiles it.
+	// A syntax error is left for expr.Compile to report.
+	if tree, err := parser.Parse(cond); err == nil {
+		if n, reason := refusal(tree.Node); n != nil {
+			fe := (&file.Error{Location: n.Location()}).Bind(tree.Source)
+			return nil, fmt.Errorf("%d:%d: %s", fe.Line, fe.Column+1, reason)
+		}
+	}
+	prog, err := expr.Compile(cond, conditionOptions...)
 	if err != nil {
 		var fe *file.Error
 		if !errors.As(err, &fe) {
@@ -271,11 +280,6 @@ func compileCondition(cond string) (*vm.Program, error) {
 			return nil, fmt.Errorf("1:1: %w", err)
 		}
 		return nil, fmt.Errorf("%d:%d: %s", fe.Line, fe.Column+1, fe.Message)
-	}
-	if p := nestedPredicate(prog.Node()); p != nil {
-		fe := (&file.Error{Location: p.Location()}).Bind(prog.Source())
-		return nil, fmt.Errorf("%d:%d: a predicate (all, any, filter, map, ...) inside another is not allowed: "+
-			"over event arrays it costs len^depth steps and the expr VM cannot be interrupted", fe.Line, fe.Column+1)
 	}
 	// AsBool only rejects a result whose type is known; `payload.amount + 1`
 	// has an unknown type and would fail on every event, so catch it here.

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/expr-lang/expr/builtin"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -58,6 +59,26 @@ func BenchmarkCondition(b *testing.B) {
 		if ok, err := r.eval(e); err != nil || !ok {
 			b.Fatal(ok, err)
 		}
+	}
+}
+
+// TestBuiltins_are_all_reviewed fails when an expr upgrade adds a builtin
+// nobody has checked for how much it can grow its input (see cost.go).
+func TestBuiltins_are_all_reviewed(t *testing.T) {
+	t.Parallel()
+	allowed := setOf(allowedBuiltins...)
+	for _, name := range builtin.Names {
+		_, refused := refusedBuiltins[name]
+		assert.True(t, allowed[name] != refused, "builtin %q must be in exactly one of allowedBuiltins and refusedBuiltins", name)
+	}
+	for _, names := range []map[string]bool{allowed, scalarBuiltins, sameSizeBuiltins, partBuiltins, keepsBody} {
+		for name := range names {
+			assert.Contains(t, builtin.Index, name, "%q is not an expr builtin", name)
+			assert.NotContains(t, refusedBuiltins, name)
+		}
+	}
+	for name := range refusedBuiltins {
+		assert.Contains(t, builtin.Index, name, "%q is not an expr builtin", name)
 	}
 }
 

@@ -158,6 +158,10 @@ func (r *compiledRule) eval(e *env) (bool, error) {
 		var fe *file.Error
 		if errors.As(err, &fe) {
 			reason = fmt.Sprintf("%d:%d: %s", fe.Line, fe.Column+1, fe.Message)
+			if fe.Message == errMemoryBudget {
+				reason += fmt.Sprintf(" (a condition may build at most %d list items per event, ranges included)",
+					conditionMemoryBudget)
+			}
 		}
 		return false, &FieldError{RuleID: r.rule.RuleID, Field: "condition", Reason: "evaluation failed at " + reason}
 	}
