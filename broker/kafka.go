@@ -37,6 +37,9 @@ const (
 	// kafkaAckGrace lets watermill-kafka mark the offset of the last acked
 	// message before a subscription's session ends.
 	kafkaAckGrace = 200 * time.Millisecond
+	// kafkaCloseDrainTimeout bounds how long Close waits for the messages
+	// handed out to be acked or nacked (after the router closed, they are).
+	kafkaCloseDrainTimeout = 2 * time.Second
 	// kafkaMaxMessageBytes is the producer's record size limit.
 	kafkaMaxMessageBytes = 16 << 20
 	// poisonKeepBytes is how much of a payload a poison copy keeps when the
@@ -372,6 +375,25 @@ func (k *Kafka) Close() error {
 	}
 	k.closed = true
 	close(k.done)
+	drains := slices.Collect(maps.Values(k.drains))
+	k.mu.Unlock()
+	// Ending the sessions at once would drop the offsets of the messages
+	// acked last (watermill-kafka marks an offset only while its session
+	// lives), and they would run again after a restart: wait, bounded, for
+	// every topic's drain, then the grace the relays give themselves.
+	if len(drains) > 0 {
+		deadline := time.After(kafkaCloseDrainTimeout)
+	wait:
+		for _, d := range drains {
+			select {
+			case <-d.done():
+			case <-deadline:
+				break wait
+			}
+		}
+		time.Sleep(kafkaAckGrace)
+	}
+	k.mu.Lock()
 	k.stopSubs()
 	subs := k.subs
 	k.subs = nil
@@ -504,7 +526,10 @@ func (p kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 				return err
 			}
 			if kafkaPermanent(err) {
-				if truncateForPoison(msg, err) {
+				// Cut a copy: msg may be the message being handled, which a
+				// failed poison publish nacks and redelivers whole.
+				if cut := msg.Copy(); truncateForPoison(cut, err) {
+					msg = cut
 					continue
 				}
 				return fmt.Errorf("publish %s to kafka topic %s: %w", msg.UUID, topic, err)

@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -538,7 +539,10 @@ func TestKafka_poison_copy_too_large_for_the_cluster_is_cut_until_it_fits(t *tes
 				msg.Metadata.Set(key, v)
 			}
 
+			sentPayload, sentMeta := msg.Payload, maps.Clone(msg.Metadata)
 			require.NoError(t, k.Publisher().Publish(dlq, msg), "a poison copy must always get through")
+			assert.True(t, bytes.Equal(sentPayload, msg.Payload) && maps.Equal(sentMeta, msg.Metadata),
+				"a copy is cut, not the message being handled (a failed poison publish redelivers it)")
 
 			got, _, err := k.ListPoison(t.Context(), dlq, 0)
 			require.NoError(t, err)
@@ -596,5 +600,52 @@ func TestCutText_cuts_at_a_rune_boundary(t *testing.T) {
 			t.Parallel()
 			assert.Equal(t, tt.want, cutText(tt.in, tt.n))
 		})
+	}
+}
+
+// Shutdown as the pipeline does it: the router's context ends, the last
+// handler acks, and the broker is closed right after. The acked message's
+// offset must be committed, or it runs again after the restart.
+func TestKafka_message_acked_right_before_close_is_not_redelivered(t *testing.T) {
+	t.Parallel()
+	brokers := newKfake(t)
+	for trial := range 3 {
+		topics := testTopics(t)
+		cfg := config.Default().Broker.Kafka
+		cfg.Brokers = brokers
+		cfg.Partitions = map[string]int{topics.Events: 1}
+		open := func() *Kafka {
+			k, err := NewKafka(cfg, topics, watermill.NopLogger{})
+			require.NoError(t, err)
+			return k
+		}
+		k := open()
+		for _, id := range []string{"m0", "m1"} {
+			require.NoError(t, k.Publisher().Publish(topics.Events, message.NewMessage(id, []byte("x"))))
+		}
+		sub, err := k.Subscriber(topics.Events)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(t.Context())
+		ch, err := sub.Subscribe(ctx, topics.Events)
+		require.NoError(t, err)
+		m := <-ch
+		require.Equal(t, "m0", m.UUID)
+		cancel() // the router closes; the handler is still running
+		m.Ack()
+		require.NoError(t, k.Close())
+
+		k = open()
+		sub, err = k.Subscriber(topics.Events)
+		require.NoError(t, err)
+		ch, err = sub.Subscribe(t.Context(), topics.Events)
+		require.NoError(t, err)
+		select {
+		case m = <-ch:
+			assert.Equal(t, "m1", m.UUID, "trial %d: the message acked before Close came again", trial)
+			m.Ack()
+		case <-time.After(20 * time.Second):
+			t.Fatal("nothing delivered after the restart")
+		}
+		require.NoError(t, k.Close())
 	}
 }
