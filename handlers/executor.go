@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -42,10 +43,17 @@ type Executor struct {
 	Logger  *slog.Logger
 
 	// unpublished holds, by task id, outcomes whose result could not be
-	// published yet, so a retry or redelivery publishes it instead of running
-	// the task a second time. An entry lives only while publishing fails.
-	unpublished sync.Map // string → *outcome
+	// published yet, so a retry, a redelivery or a replay from the poison
+	// topic publishes it instead of running the task a second time. An entry
+	// lives until its result is published; at most maxUnpublished are kept.
+	unpublished  sync.Map // string → *outcome
+	nUnpublished atomic.Int64
 }
+
+// maxUnpublished bounds the outcomes kept while results cannot be published
+// (each holds up to MaxResultOutput of output); past it, a redelivered task
+// whose result was lost runs again.
+const maxUnpublished = 10_000
 
 // outcome is a finished task: its result and the error it ended with.
 type outcome struct {
@@ -128,17 +136,23 @@ func (h *Executor) Handle(msg *message.Message) error {
 // finish publishes the outcome's result and returns the task's error. If
 // publishing fails the outcome is kept and the publish error returned, so
 // the retry publishes again without running the task; on the final attempt
-// both errors go to the poison topic.
+// both errors go to the poison topic, and the outcome is still kept: if
+// the poison publish fails too the task is redelivered, and a replay from
+// the poison topic also only publishes the result (within this process).
 func (h *Executor) finish(msg *message.Message, o *outcome, final bool) error {
 	if perr := h.publish(msg, &o.res); perr != nil {
+		if _, kept := h.unpublished.Load(o.res.TaskID); !kept && h.nUnpublished.Load() < maxUnpublished {
+			h.unpublished.Store(o.res.TaskID, o)
+			h.nUnpublished.Add(1)
+		}
 		if final {
-			h.unpublished.Delete(o.res.TaskID)
 			return errors.Join(perr, o.err)
 		}
-		h.unpublished.Store(o.res.TaskID, o)
 		return perr
 	}
-	h.unpublished.Delete(o.res.TaskID)
+	if _, kept := h.unpublished.LoadAndDelete(o.res.TaskID); kept {
+		h.nUnpublished.Add(-1)
+	}
 	return o.err
 }
 

@@ -208,6 +208,34 @@ func (p *flakyPublisher) Publish(topic string, msgs ...*message.Message) error {
 	return p.recorder.Publish(topic, msgs...)
 }
 
+// Every attempt of the first delivery fails to publish the result and the
+// task is poisoned; the redelivery (the poison publish failed, or a replay
+// from the poison topic) publishes the kept result instead of running it.
+func TestExecutor_result_unpublished_after_the_last_attempt_is_not_run_again(t *testing.T) {
+	t.Parallel()
+	runs := 0
+	pub := &flakyPublisher{failures: 4}
+	h := &handlers.Executor{Executors: registry{"x": executor.Func(func(context.Context, *task.Task) ([]byte, error) {
+		runs++
+		return []byte("side effect done"), nil
+	})}, Publisher: pub, ResultsTopic: "results", Logger: quiet}
+	poison := &recorder{}
+	chain, err := middleware.Chain(middleware.ChainConfig{HandlerName: "executor", PoisonPublisher: poison, PoisonTopic: "dlq",
+		Retry: config.Retry{MaxRetries: 3, InitialInterval: time.Millisecond, MaxInterval: time.Millisecond, Multiplier: 1}})
+	require.NoError(t, err)
+	handle := middleware.Apply(func(msg *message.Message) ([]*message.Message, error) { return nil, h.Handle(msg) }, chain)
+
+	_, err = handle(taskMsg(t, task.Task{TaskID: "t1", TaskType: "x"}))
+	require.NoError(t, err, "poisoned")
+	require.Len(t, poison.msgs["dlq"], 1)
+	assert.Empty(t, pub.msgs["results"])
+
+	_, err = handle(taskMsg(t, task.Task{TaskID: "t1", TaskType: "x"}))
+	require.NoError(t, err)
+	assert.Equal(t, 1, runs, "the redelivery only published the result")
+	require.Len(t, pub.msgs["results"], 1)
+}
+
 func TestExecutor_result_publish_failure_does_not_run_the_task_again(t *testing.T) {
 	t.Parallel()
 	runs := 0
