@@ -121,7 +121,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		ReadTimeout:     cfg.HTTP.ReadTimeout,
 		WriteTimeout:    cfg.HTTP.WriteTimeout,
 		IdleTimeout:     cfg.HTTP.IdleTimeout,
-		ShutdownTimeout: cfg.ShutdownTimeout,
+		ShutdownTimeout: drainTime(cfg.ShutdownTimeout),
 	}, api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
 		Rules: p.rules, RuleOptions: ruleOptions(p.executors.Names())})
 	if err != nil {
@@ -291,12 +291,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	case err := <-routerErr:
 		return fmt.Errorf("router: %w", err)
 	case <-ctx.Done():
-		return p.shutdown(nil)
+		return p.shutdown(nil, time.Now())
 	}
 
 	ln, err := net.Listen("tcp", p.cfg.HTTP.Addr)
 	if err != nil {
-		return p.shutdown(fmt.Errorf("listen on %s: %w", p.cfg.HTTP.Addr, err))
+		return p.shutdown(fmt.Errorf("listen on %s: %w", p.cfg.HTTP.Addr, err), time.Now())
 	}
 	p.addr = ln.Addr().String()
 	close(p.listening)
@@ -318,11 +318,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		failure = fmt.Errorf("router stopped: %w", err)
 		routerErr <- nil
 	}
+	// One shutdown timeout from now for everything: the HTTP server drains
+	// first (its handlers feed the router, which still consumes), within
+	// drainTime, then the router within what is left of it.
+	stopAt := time.Now()
 	stopServe()
 	if err := <-serveErr; err != nil {
 		failure = errors.Join(failure, err)
 	}
-	return p.shutdown(failure)
+	return p.shutdown(failure, stopAt)
 }
 
 // backlogInterval is how often queue_backlog is refreshed from the broker.
@@ -353,22 +357,24 @@ func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
 	}
 }
 
+// drainTime is how much of the shutdown timeout running work gets before it
+// is aborted. The rest is kept back for the aborted handlers to return and
+// the broker to close: a tenth, at least 2 s, at most half.
+func drainTime(timeout time.Duration) time.Duration {
+	return timeout - min(max(timeout/10, 2*time.Second), timeout/2)
+}
+
 // shutdown drains the router: Router.Close stops the subscriptions and waits
-// up to shutdown_timeout for running handlers; running tasks are aborted
-// before that so their handlers can still return (nack, no poison) and the
-// broker close within the timeout.
-func (p *Pipeline) shutdown(failure error) error {
-	start := time.Now()
-	// Keep back part of the timeout for the aborted handlers to return and
-	// the broker to close: a tenth, at least 2 s, at most half.
-	timeout := p.cfg.ShutdownTimeout
-	reserve := min(max(timeout/10, 2*time.Second), timeout/2)
-	timer := time.AfterFunc(timeout-reserve, p.abort)
+// for running handlers; running tasks are aborted drainTime after stopAt
+// (when the shutdown began) so their handlers can still return (nack, no
+// poison) and the broker close within the shutdown timeout.
+func (p *Pipeline) shutdown(failure error, stopAt time.Time) error {
+	timer := time.AfterFunc(time.Until(stopAt.Add(drainTime(p.cfg.ShutdownTimeout))), p.abort)
 	defer timer.Stop()
 	if err := p.router.Close(); err != nil {
 		failure = errors.Join(failure, fmt.Errorf("close router: %w", err))
 	}
-	p.log.Info("eventpipe stopped", "drain_ms", time.Since(start).Milliseconds())
+	p.log.Info("eventpipe stopped", "drain_ms", time.Since(stopAt).Milliseconds())
 	return errors.Join(failure, p.Close())
 }
 
