@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
@@ -26,19 +27,23 @@ func (a *AMQP) ListPoison(ctx context.Context, topic string, limit int) ([]Poiso
 }
 
 // ReplayPoison implements DeadLetters. Each message route accepts is
-// published to its origin with publisher confirms and then acknowledged on
-// the poison queue, which removes it; the declined ones are put back where
-// they were when it ends. The messages it offers are those in the queue
-// when it starts.
+// published to its origin queue with publisher confirms and then
+// acknowledged on the poison queue, which removes it; the declined ones are
+// put back where they were when it ends. The messages it offers are those in
+// the queue when it starts.
+//
+// A replayed event goes straight to the events queue, not through the events
+// exchange: other applications' queues bound to that exchange got the event
+// the first time, and an event whose routing key no binding matches (a
+// poisoned one may have none) would be dropped after being taken off here.
 func (a *AMQP) ReplayPoison(ctx context.Context, topic string, route func(PoisonMessage) (string, bool)) ([]PoisonMessage, error) {
 	var replayed []PoisonMessage
-	pub := a.Publisher()
 	_, err := a.dlqGet(ctx, topic, func(d amqp091.Delivery, pm PoisonMessage) (bool, error) {
 		to, ok := route(pm)
 		if !ok {
 			return true, nil // unacked: requeued when the channel closes
 		}
-		if err := pub.Publish(to, ReplayMessage(pm)); err != nil {
+		if err := a.publish(to, "", to, []*message.Message{ReplayMessage(pm)}); err != nil {
 			return false, fmt.Errorf("replay %s from %s to %s: %w", pm.Message.UUID, topic, to, err)
 		}
 		if err := d.Ack(false); err != nil {

@@ -262,6 +262,48 @@ func TestAMQP_rejected_messages_dead_letter_to_the_poison_queue(t *testing.T) {
 	assert.Equal(t, cfg.Topics.Events, got[0].Metadata.Get("x-first-death-queue"))
 }
 
+// A replayed event goes back to the events queue only: not to the other
+// queues bound to the events exchange (they had it the first time), and
+// not lost when no binding matches its routing key.
+func TestAMQP_dlq_replay_returns_an_event_to_the_events_queue_only(t *testing.T) {
+	t.Parallel()
+	tgt := amqpTarget(t)
+	cfg := newConfig(t, tgt)
+	cfg.Broker.AMQP.BindingKeys = []string{"order.*"}
+	b := tgt.open(t, cfg)
+	_, err := b.Subscriber(cfg.Topics.Events) // declares the queue and its bindings
+	require.NoError(t, err)
+	conn, err := amqp091.Dial(cfg.Broker.AMQP.URL)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	other, err := ch.QueueDeclare("", false, true, true, false, nil) // another application's queue
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(other.Name, "#", cfg.Broker.AMQP.Exchange, false, nil))
+
+	dlq := cfg.Topics.Poison(cfg.Topics.Events)
+	for _, typ := range []string{"order.created", "payment.completed"} { // the second matches no binding
+		m := message.NewMessage("replay-"+typ, []byte(ev("r-"+typ, typ)))
+		m.Metadata.Set(broker.MetaReasonPoisoned, "rule missing")
+		m.Metadata.Set(broker.MetaTopicPoisoned, cfg.Topics.Events)
+		m.Metadata.Set(broker.MetaEventType, typ)
+		require.NoError(t, b.Publisher().Publish(dlq, m))
+	}
+
+	replayed, err := b.(*broker.AMQP).ReplayPoison(t.Context(), dlq, func(broker.PoisonMessage) (string, bool) {
+		return cfg.Topics.Events, true
+	})
+	require.NoError(t, err)
+	require.Len(t, replayed, 2)
+
+	got := watchTopic(t, b, cfg.Topics.Events).waitFor(t, 2, waitLong)
+	assert.ElementsMatch(t, []string{"replay-order.created", "replay-payment.completed"}, []string{got[0].UUID, got[1].UUID})
+	q, err := ch.QueueDeclarePassive(other.Name, false, true, true, false, nil)
+	require.NoError(t, err)
+	assert.Zero(t, q.Messages, "the other application's queue got no replay")
+}
+
 func TestBrokers_report_backlog_of_messages_not_yet_consumed(t *testing.T) {
 	t.Parallel()
 	for _, tgt := range targets() {
