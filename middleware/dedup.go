@@ -19,13 +19,33 @@ type DedupStore interface {
 	Record(ctx context.Context, key string) error
 }
 
+// DedupClaimer is a DedupStore shared by several processes that can also
+// say a key is being handled right now, so that two processes given the
+// same key at once (a redelivery while the first still runs it) do not both
+// run it. A claim lasts ttl unless renewed; a process that dies lets it
+// lapse.
+type DedupClaimer interface {
+	DedupStore
+	// Claim claims key for ttl; false when another holder has it.
+	Claim(ctx context.Context, key string, ttl time.Duration) (release func(), renew func() error, ok bool, err error)
+}
+
+// Claim timing: a claim lapses claimTTL after its holder stopped renewing
+// it (renewed every claimTTL/3 while the handler runs); a delivery that
+// finds the key claimed checks again every claimPoll.
+const (
+	claimTTL  = 10 * time.Second
+	claimPoll = 250 * time.Millisecond
+)
+
 // Dedup skips messages whose key was already handled successfully: they are
 // acked without running the handler (logged at Debug). Unlike Watermill's
 // Deduplicator it records the key only after the handler succeeded, so a
 // message that failed and is redelivered runs again.
 //
 // Deliveries of the same key that arrive while one is running wait for it
-// (in this process), then run only if it failed. A key of "" is not
+// (in this process, and in others when the store is a DedupClaimer), then
+// run only if it failed. A key of "" is not
 // de-duplicated. A store error never loses a message: a failed lookup runs
 // the handler (a possible duplicate, logged), a failed record still acks.
 // It panics on a nil store or keyFunc (a wiring bug); logger may be nil.
@@ -64,6 +84,14 @@ func Dedup(store DedupStore, keyFunc func(*message.Message) string, logger water
 				return nil, nil
 			}
 
+			if claimer, ok := store.(DedupClaimer); ok {
+				release, done, err := claim(ctx, claimer, key, logger, fields)
+				if err != nil || done {
+					return nil, err
+				}
+				defer release()
+			}
+
 			out, err := h(msg)
 			if err != nil {
 				return out, err
@@ -74,6 +102,72 @@ func Dedup(store DedupStore, keyFunc func(*message.Message) string, logger water
 			}
 			return out, nil
 		}
+	}
+}
+
+// claim claims key for this process, waiting while another holds it.
+// done is true when the holder succeeded meanwhile (the message is then
+// acked without running); err is set when ctx ended first. release gives
+// the claim up and stops renewing it. A store error runs the message
+// anyway: never lose it for a duplicate.
+func claim(ctx context.Context, c DedupClaimer, key string, logger watermill.LoggerAdapter,
+	fields watermill.LogFields) (release func(), done bool, err error) {
+	noop := func() {}
+	for waited := false; ; waited = true {
+		rel, renew, ok, err := c.Claim(ctx, key, claimTTL)
+		switch {
+		case err != nil:
+			logger.Error("Dedup claim failed, handling the message anyway", err, fields)
+			return noop, false, nil
+		case ok:
+			// The last holder may have succeeded between our lookup and
+			// this claim.
+			if seen, err := c.Seen(ctx, key); err == nil && seen {
+				rel()
+				logger.Debug("Duplicate message acked without handling", fields)
+				return noop, true, nil
+			}
+			return keepRenewing(rel, renew, logger, fields), false, nil
+		}
+		if !waited {
+			logger.Debug("Message being handled by another process, waiting for it", fields)
+		}
+		select {
+		case <-ctx.Done():
+			return noop, false, ctx.Err()
+		case <-time.After(claimPoll):
+		}
+		if seen, err := c.Seen(ctx, key); err == nil && seen {
+			logger.Debug("Duplicate message acked without handling", fields)
+			return noop, true, nil
+		}
+	}
+}
+
+// keepRenewing renews a claim every claimTTL/3 until the returned release
+// is called, which also gives the claim up.
+func keepRenewing(release func(), renew func() error, logger watermill.LoggerAdapter, fields watermill.LogFields) func() {
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(claimTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if err := renew(); err != nil {
+					logger.Error("Dedup claim renewal failed, another process may handle the message too", err, fields)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-stopped
+		release()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -54,6 +55,35 @@ func (s *RedisDedupStore) Record(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// Claim claims key for ttl with SET NX under prefix+"claim:"+key, holding
+// a random token so that release and renew act only on this claim (after a
+// lapse another process may hold it).
+func (s *RedisDedupStore) Claim(ctx context.Context, key string, ttl time.Duration) (release func(), renew func() error, ok bool, err error) {
+	claimKey := s.prefix + "claim:" + key
+	token := watermill.NewUUID()
+	ok, err = s.client.SetNX(ctx, claimKey, token, ttl).Result()
+	if err != nil || !ok {
+		if err != nil {
+			err = fmt.Errorf("dedup redis claim %s: %w", key, err)
+		}
+		return nil, nil, false, err
+	}
+	release = func() {
+		// Without ctx: the claim must go even when shutdown cancelled it.
+		_ = releaseClaim.Run(context.Background(), s.client, []string{claimKey}, token).Err()
+	}
+	renew = func() error {
+		return renewClaim.Run(context.Background(), s.client, []string{claimKey}, token, ttl.Milliseconds()).Err()
+	}
+	return release, renew, true, nil
+}
+
+// releaseClaim and renewClaim act on a claim only while it holds the token.
+var (
+	releaseClaim = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+	renewClaim   = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
+)
 
 // Close closes the connection pool.
 func (s *RedisDedupStore) Close() error { return s.client.Close() }

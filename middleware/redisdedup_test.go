@@ -2,12 +2,15 @@ package middleware_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -84,4 +87,78 @@ func TestNewRedisDedupStore_error_hides_the_password(t *testing.T) {
 	_, err := middleware.NewRedisDedupStore(t.Context(), "redis://user:hunter2@127.0.0.1:6379/notadb", time.Minute, "p")
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "hunter2")
+}
+
+// Two processes (two stores, two chains) get the same task at once: one
+// runs it, the other waits for it and acks without running it.
+func TestRedisDedup_concurrent_deliveries_in_two_processes_run_once(t *testing.T) {
+	t.Parallel()
+	url := redisURL(t)
+	prefix := fmt.Sprintf("eventpipe-test:%d:", time.Now().UnixNano())
+	var runs atomic.Int32
+	started := make(chan struct{}, 2)
+	handler := func(*message.Message) ([]*message.Message, error) {
+		runs.Add(1)
+		started <- struct{}{}
+		time.Sleep(500 * time.Millisecond)
+		return nil, nil
+	}
+	deliver := func() <-chan error {
+		store, err := middleware.NewRedisDedupStore(t.Context(), url, time.Minute, prefix)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = store.Close() })
+		h := middleware.Dedup(store, func(m *message.Message) string { return m.UUID }, nil)(handler)
+		done := make(chan error, 1)
+		go func() {
+			msg := message.NewMessage("task-1", nil)
+			msg.SetContext(t.Context())
+			_, err := h(msg)
+			done <- err
+		}()
+		return done
+	}
+
+	first := deliver()
+	<-started
+	second := deliver()
+	require.NoError(t, <-first)
+	require.NoError(t, <-second)
+	assert.Equal(t, int32(1), runs.Load(), "the second process waited and acked")
+}
+
+// A process that fails lets the waiting one run the task.
+func TestRedisDedup_failed_holder_lets_the_waiting_process_run(t *testing.T) {
+	t.Parallel()
+	url := redisURL(t)
+	prefix := fmt.Sprintf("eventpipe-test:%d:", time.Now().UnixNano())
+	var runs atomic.Int32
+	started := make(chan struct{}, 2)
+	handler := func(*message.Message) ([]*message.Message, error) {
+		if runs.Add(1) == 1 {
+			started <- struct{}{}
+			time.Sleep(300 * time.Millisecond)
+			return nil, errors.New("first run fails")
+		}
+		return nil, nil
+	}
+	var errs [2]chan error
+	for i := range errs {
+		store, err := middleware.NewRedisDedupStore(t.Context(), url, time.Minute, prefix)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = store.Close() })
+		h := middleware.Dedup(store, func(m *message.Message) string { return m.UUID }, nil)(handler)
+		errs[i] = make(chan error, 1)
+		go func() {
+			msg := message.NewMessage("task-1", nil)
+			msg.SetContext(t.Context())
+			_, err := h(msg)
+			errs[i] <- err
+		}()
+		if i == 0 {
+			<-started
+		}
+	}
+	assert.Error(t, <-errs[0])
+	assert.NoError(t, <-errs[1])
+	assert.Equal(t, int32(2), runs.Load())
 }
