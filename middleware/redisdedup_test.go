@@ -103,24 +103,9 @@ func TestRedisDedup_concurrent_deliveries_in_two_processes_run_once(t *testing.T
 		time.Sleep(500 * time.Millisecond)
 		return nil, nil
 	}
-	deliver := func() <-chan error {
-		store, err := middleware.NewRedisDedupStore(t.Context(), url, time.Minute, prefix)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = store.Close() })
-		h := middleware.Dedup(store, func(m *message.Message) string { return m.UUID }, nil)(handler)
-		done := make(chan error, 1)
-		go func() {
-			msg := message.NewMessage("task-1", nil)
-			msg.SetContext(t.Context())
-			_, err := h(msg)
-			done <- err
-		}()
-		return done
-	}
-
-	first := deliver()
+	first := deliverInProcess(t, url, prefix, handler)
 	<-started
-	second := deliver()
+	second := deliverInProcess(t, url, prefix, handler)
 	require.NoError(t, <-first)
 	require.NoError(t, <-second)
 	assert.Equal(t, int32(1), runs.Load(), "the second process waited and acked")
@@ -141,24 +126,29 @@ func TestRedisDedup_failed_holder_lets_the_waiting_process_run(t *testing.T) {
 		}
 		return nil, nil
 	}
-	var errs [2]chan error
-	for i := range errs {
-		store, err := middleware.NewRedisDedupStore(t.Context(), url, time.Minute, prefix)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = store.Close() })
-		h := middleware.Dedup(store, func(m *message.Message) string { return m.UUID }, nil)(handler)
-		errs[i] = make(chan error, 1)
-		go func() {
-			msg := message.NewMessage("task-1", nil)
-			msg.SetContext(t.Context())
-			_, err := h(msg)
-			errs[i] <- err
-		}()
-		if i == 0 {
-			<-started
-		}
-	}
-	assert.Error(t, <-errs[0])
-	assert.NoError(t, <-errs[1])
+	first := deliverInProcess(t, url, prefix, handler)
+	<-started
+	second := deliverInProcess(t, url, prefix, handler)
+	assert.Error(t, <-first)
+	assert.NoError(t, <-second)
 	assert.Equal(t, int32(2), runs.Load())
+}
+
+// deliverInProcess hands message task-1 to handler behind Dedup with its
+// own Redis store, as another pipeline process would, and returns the
+// handler's error when it is done.
+func deliverInProcess(t *testing.T, url, prefix string, handler message.HandlerFunc) <-chan error {
+	t.Helper()
+	store, err := middleware.NewRedisDedupStore(t.Context(), url, time.Minute, prefix)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	h := middleware.Dedup(store, func(m *message.Message) string { return m.UUID }, nil)(handler)
+	done := make(chan error, 1)
+	go func() {
+		msg := message.NewMessage("task-1", nil)
+		msg.SetContext(t.Context())
+		_, err := h(msg)
+		done <- err
+	}()
+	return done
 }
