@@ -7,8 +7,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // kafkaDLQStall bounds the wait for the next record of a range known to
@@ -24,20 +25,13 @@ var _ DeadLetters = (*Kafka)(nil)
 // commits offsets for it.
 func (k *Kafka) DLQReplayGroup() string { return k.cfg.ConsumerGroup + "-dlq-replay" }
 
-// dlqRange is the records of one partition of a poison topic still to
-// replay: offsets [from, to).
-type dlqRange struct {
-	partition int32
-	from, to  int64
-}
-
 // ListPoison implements DeadLetters. A Kafka log cannot delete a record, so
 // the messages waiting are those after DLQReplayGroup's committed offset
 // (every record while the group committed none), by partition, then offset.
 // It reads with a consumer of its own that joins no group: listing changes
 // nothing.
 func (k *Kafka) ListPoison(ctx context.Context, topic string, limit int) ([]PoisonMessage, int, error) {
-	ranges, err := k.dlqPending(topic)
+	ranges, err := k.pending(ctx, topic, k.DLQReplayGroup())
 	if err != nil {
 		return nil, 0, err
 	}
@@ -45,14 +39,9 @@ func (k *Kafka) ListPoison(ctx context.Context, topic string, limit int) ([]Pois
 	for _, r := range ranges {
 		waiting += int(r.to - r.from)
 	}
-	consumer, err := k.dlqConsumer()
-	if err != nil {
-		return nil, waiting, err
-	}
-	defer consumer.Close()
 	var out []PoisonMessage
 	for _, r := range ranges {
-		err := k.dlqRead(ctx, consumer, topic, r, func(pm PoisonMessage, _ int64) (bool, error) {
+		err := k.dlqRead(ctx, topic, r, func(pm PoisonMessage, _ int64) (bool, error) {
 			out = append(out, pm)
 			return limit <= 0 || len(out) < limit, nil
 		})
@@ -74,20 +63,15 @@ func (k *Kafka) ListPoison(ctx context.Context, topic string, limit int) ([]Pois
 // payload and poison metadata, and is listed from there. Declined records
 // after the last accepted one of a partition are left in place.
 func (k *Kafka) ReplayPoison(ctx context.Context, topic string, route func(PoisonMessage) (string, bool)) ([]PoisonMessage, error) {
-	ranges, err := k.dlqPending(topic)
+	ranges, err := k.pending(ctx, topic, k.DLQReplayGroup())
 	if err != nil {
 		return nil, err
 	}
-	consumer, err := k.dlqConsumer()
-	if err != nil {
-		return nil, err
-	}
-	defer consumer.Close()
 	pub := k.Publisher()
 	var replayed []PoisonMessage
 	for _, r := range ranges {
 		var declined []*message.Message // since the last commit, in order
-		err := k.dlqRead(ctx, consumer, topic, r, func(pm PoisonMessage, offset int64) (bool, error) {
+		err := k.dlqRead(ctx, topic, r, func(pm PoisonMessage, offset int64) (bool, error) {
 			to, ok := route(pm)
 			if !ok {
 				declined = append(declined, pm.Message)
@@ -99,7 +83,7 @@ func (k *Kafka) ReplayPoison(ctx context.Context, topic string, route func(Poiso
 				}
 				// Commit past the originals at once: if the replay below
 				// fails, they must not be listed twice.
-				if err := k.commitReplayed(topic, r.partition, offset); err != nil {
+				if err := k.commitReplayed(ctx, topic, r.partition, offset); err != nil {
 					return false, fmt.Errorf("moved %d declined poison messages of %s but could not mark the originals: %w",
 						len(declined), topic, err)
 				}
@@ -108,7 +92,7 @@ func (k *Kafka) ReplayPoison(ctx context.Context, topic string, route func(Poiso
 			if err := pub.Publish(to, ReplayMessage(pm)); err != nil {
 				return false, fmt.Errorf("replay %s from %s to %s: %w", pm.Message.UUID, topic, to, err)
 			}
-			if err := k.commitReplayed(topic, r.partition, offset+1); err != nil {
+			if err := k.commitReplayed(ctx, topic, r.partition, offset+1); err != nil {
 				return false, fmt.Errorf("replayed %s to %s but could not mark it replayed (it will be replayed again): %w",
 					pm.Message.UUID, to, err)
 			}
@@ -122,126 +106,65 @@ func (k *Kafka) ReplayPoison(ctx context.Context, topic string, route func(Poiso
 	return replayed, nil
 }
 
-// dlqPending returns, per partition of topic, the records after the replay
-// group's committed offset. A topic that does not exist has none.
-func (k *Kafka) dlqPending(topic string) ([]dlqRange, error) {
-	if err := k.client.RefreshMetadata(topic); err != nil {
-		if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("kafka metadata of %s: %w", topic, err)
-	}
-	parts, err := k.client.Partitions(topic)
-	if err != nil {
-		return nil, fmt.Errorf("kafka partitions of %s: %w", topic, err)
-	}
-	committed, err := k.admin.ListConsumerGroupOffsets(k.DLQReplayGroup(), map[string][]int32{topic: parts})
-	if errors.Is(err, sarama.ErrGroupIDNotFound) {
-		// Kafka answers -1 offsets for a group that never committed; some
-		// brokers (kfake) answer this instead.
-		committed, err = &sarama.OffsetFetchResponse{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kafka offsets of group %s on %s: %w", k.DLQReplayGroup(), topic, err)
-	}
-	var out []dlqRange
-	for _, p := range parts {
-		oldest, err := k.client.GetOffset(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			return nil, fmt.Errorf("kafka oldest offset of %s/%d: %w", topic, p, err)
-		}
-		end, err := k.client.GetOffset(topic, p, sarama.OffsetNewest)
-		if err != nil {
-			return nil, fmt.Errorf("kafka newest offset of %s/%d: %w", topic, p, err)
-		}
-		from := oldest
-		if b := committed.GetBlock(topic, p); b != nil && b.Offset > from {
-			// A committed offset below the oldest means retention deleted
-			// records nobody replayed; start at what is left.
-			from = b.Offset
-		}
-		if from < end {
-			out = append(out, dlqRange{partition: p, from: from, to: end})
-		}
-	}
-	return out, nil
-}
-
-func (k *Kafka) dlqConsumer() (sarama.Consumer, error) {
-	cc := *k.consumerCfg
-	cc.Consumer.Return.Errors = true
-	c, err := sarama.NewConsumer(k.brokers, &cc)
-	if err != nil {
-		return nil, fmt.Errorf("kafka consumer for poison topics: %w", err)
-	}
-	return c, nil
-}
-
 // dlqRead calls fn with every record of r in order until fn returns false
-// or an error.
-func (k *Kafka) dlqRead(ctx context.Context, consumer sarama.Consumer, topic string, r dlqRange,
+// or an error. It reads with a client of its own that joins no group.
+func (k *Kafka) dlqRead(ctx context.Context, topic string, r offsetRange,
 	fn func(pm PoisonMessage, offset int64) (bool, error)) error {
-	pc, err := consumer.ConsumePartition(topic, r.partition, r.from)
-	if err != nil {
-		return fmt.Errorf("read %s/%d from offset %d: %w", topic, r.partition, r.from, err)
+	if r.from >= r.to {
+		return nil
 	}
-	defer pc.Close()
-	stall := time.NewTimer(kafkaDLQStall)
-	defer stall.Stop()
+	cl, err := kgo.NewClient(append(k.clientOpts(),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {r.partition: kgo.NewOffset().At(r.from)}}))...)
+	if err != nil {
+		return fmt.Errorf("kafka consumer for poison topic %s: %w", topic, err)
+	}
+	defer cl.Close()
 	for {
-		select {
-		case rec := <-pc.Messages():
-			msg, _ := kafkaMarshaler{}.Unmarshal(rec) // never fails
+		// A partition that stops answering fails the command instead of
+		// hanging it.
+		pollCtx, cancel := context.WithTimeout(ctx, kafkaDLQStall)
+		fetches := cl.PollFetches(pollCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if fetches.NumRecords() == 0 {
+			if err := fetches.Err0(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("read %s/%d: %w", topic, r.partition, err)
+			}
+			return fmt.Errorf("read %s/%d: no record within %s while offsets up to %d exist", topic, r.partition, kafkaDLQStall, r.to-1)
+		}
+		for _, rec := range fetches.Records() {
 			pm := PoisonMessage{
 				Topic:    topic,
 				Position: strconv.Itoa(int(rec.Partition)) + "/" + strconv.FormatInt(rec.Offset, 10),
-				Message:  msg,
+				Message:  unmarshalRecord(rec),
 			}
 			more, err := fn(pm, rec.Offset)
 			if err != nil || !more || rec.Offset+1 >= r.to {
 				return err
 			}
-			stall.Reset(kafkaDLQStall)
-		case cerr := <-pc.Errors():
-			return fmt.Errorf("read %s/%d: %w", topic, r.partition, cerr)
-		case <-stall.C:
-			return fmt.Errorf("read %s/%d: no record within %s while offsets up to %d exist", topic, r.partition, kafkaDLQStall, r.to-1)
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 }
 
 // commitReplayed commits next as the replay group's offset of
 // topic/partition, as a consumer outside any group generation does.
-func (k *Kafka) commitReplayed(topic string, partition int32, next int64) error {
+func (k *Kafka) commitReplayed(ctx context.Context, topic string, partition int32, next int64) error {
 	group := k.DLQReplayGroup()
+	var offsets kadm.Offsets
+	offsets.Add(kadm.Offset{Topic: topic, Partition: partition, At: next, LeaderEpoch: -1})
 	var err error
 	for attempt := range 3 {
 		if attempt > 0 {
-			_ = k.client.RefreshCoordinator(group)
 			time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 		}
-		var coord *sarama.Broker
-		if coord, err = k.client.Coordinator(group); err != nil {
-			continue
+		var resp kadm.OffsetResponses
+		if resp, err = k.admin.CommitOffsets(ctx, group, offsets); err == nil {
+			if err = resp.Error(); err == nil {
+				return nil
+			}
 		}
-		req := &sarama.OffsetCommitRequest{
-			Version:                 2,
-			ConsumerGroup:           group,
-			ConsumerGroupGeneration: sarama.GroupGenerationUndefined,
-			RetentionTime:           -1,
-		}
-		req.AddBlock(topic, partition, next, 0, "")
-		var resp *sarama.OffsetCommitResponse
-		if resp, err = coord.CommitOffset(req); err != nil {
-			continue
-		}
-		if kerr := resp.Errors[topic][partition]; kerr != sarama.ErrNoError {
-			err = kerr
-			continue
-		}
-		return nil
 	}
 	return fmt.Errorf("commit offset %d of %s/%d for group %s: %w", next, topic, partition, group, err)
 }

@@ -5,18 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
-	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventpipe/eventpipe/config"
 )
@@ -26,118 +26,63 @@ import (
 const (
 	kafkaDefaultPartitions = 1
 	// kafkaTopicReadyTimeout bounds the wait for a created topic to show up
-	// in the cluster metadata.
+	// in the cluster metadata, and each admin request.
 	kafkaTopicReadyTimeout = 10 * time.Second
-	// kafkaPublishRetryTimeout bounds how long Publish keeps retrying a
-	// message while the cluster is unreachable (restart, leader election)
-	// before it fails: a handler whose publish fails retries, then poisons
-	// its message, so a short outage must not fail publishing. Sarama's own
-	// retries give up on a refused connection within about a second.
+	// kafkaPublishRetryTimeout bounds how long a record may wait for the
+	// cluster (restart, leader election) before its Publish fails: a handler
+	// whose publish fails retries, then poisons its message, so a short
+	// outage must not fail publishing. The client retries within it.
 	kafkaPublishRetryTimeout = 30 * time.Second
-	// kafkaAckGrace lets watermill-kafka mark the offset of the last acked
-	// message before a subscription's session ends.
-	kafkaAckGrace = 200 * time.Millisecond
-	// kafkaCloseDrainTimeout bounds how long Close waits for the messages
-	// handed out to be acked or nacked (after the router closed, they are).
+	// kafkaCloseDrainTimeout bounds how long Close waits for the records in
+	// flight to be acked or nacked (after the router closed, they are).
 	kafkaCloseDrainTimeout = 2 * time.Second
-	// kafkaMaxMessageBytes is the producer's record size limit.
-	kafkaMaxMessageBytes = 16 << 20
-	// poisonKeepBytes is how much of a payload a poison copy keeps when the
-	// cluster refuses the whole record as too large.
-	poisonKeepBytes = 64 << 10
-	// poisonKeepValueBytes bounds each metadata value (reason_poisoned
-	// included) of a poison copy refused as too large even with its payload
-	// cut, and poisonKeepMetadataBytes the keys and values of its other
-	// metadata together: with the payload cut too, the copy stays far below
-	// any usable message.max.bytes (Kafka's default is 1 MiB).
-	poisonKeepValueBytes    = 4 << 10
-	poisonKeepMetadataBytes = 64 << 10
+	// kafkaMaxRecordBatchBytes is the producer's batch (and so record) size
+	// limit: Kafka's default message.max.bytes. A batch above the topic's
+	// limit fails whole, so this must not exceed it; a larger record fails
+	// at once as too large (and a poison copy is cut, see truncateForPoison).
+	kafkaMaxRecordBatchBytes = 1048588
+	// kafkaProducerLinger lets the records that handlers publish at the
+	// same moment share one produce request; while requests are in flight
+	// records batch up anyway.
+	kafkaProducerLinger = 2 * time.Millisecond
 )
 
-// Kafka is the Kafka broker: watermill-kafka (Sarama) publisher and
-// subscribers sharing one configuration.
+// Kafka is the Kafka broker, on franz-go: one producing client shared by
+// every publisher, and one group-consuming client per consumed topic.
 //
-//   - Producing: acks=all and an idempotent producer, so a retried send is
-//     written once and in order; metadata partition_key is the record key
-//     (tasks: the rule's partition key, default the event id), so one key
-//     keeps its order. Publish retries each message for up to 30 s, which
-//     rides out a broker restart without failing the handler; a retry after
-//     a lost acknowledgement can write a record twice (at-least-once: task
-//     ids are de-duplicated).
-//   - Consuming: one consumer group per topic, "<consumer_group>.<topic>", so
-//     a rebalance of the tasks group (which waits for running tasks) never
-//     pauses the events; a new group starts at the oldest offset. The offset
-//     is marked when the handler acks, committed every second.
-//   - Records from any producer are accepted (see kafkaMarshaler).
-//   - Topics: NewKafka creates the events, tasks and results topics and
-//     the poison topics of events and tasks with broker.kafka.partitions
+//   - Producing: acks=all and an idempotent producer, batched and pipelined
+//     (up to five requests in flight per broker, records lingering
+//     kafkaProducerLinger), so the Publish calls of many handlers become a
+//     few requests; a Publish returns once its records are acknowledged.
+//     Metadata partition_key is the record key (tasks: the rule's partition
+//     key, default the event id), hashed as Sarama does, so one key keeps
+//     its partition and its order. The client retries a record for up to
+//     publish_timeout (30 s), which rides out a broker restart.
+//   - Consuming: one consumer group per topic, "<consumer_group>.<topic>",
+//     so a rebalance of the tasks group never pauses the events; a new group
+//     starts at the oldest offset. Many records are in flight per partition,
+//     ordered per key, committed below the lowest unfinished one (see
+//     kafkaConsumer); rebalancing is cooperative.
+//   - Records from any producer are accepted (see unmarshalRecord).
+//   - Topics: NewKafka creates the events, tasks and results topics and the
+//     poison topics of events and tasks with broker.kafka.partitions
 //     (others: 1 partition); any other topic is created on first use.
 //
-// Concurrency: watermill-kafka keeps one message in flight per partition,
-// and each partition of a subscription is consumed concurrently; the
-// messages in flight of a topic are at most its partition count, however
-// many handlers subscribe (extra subscriptions only split the partitions
-// between more group members). Raise a topic's partitions to raise its
-// concurrency; per-key order holds because a key lives on one partition.
+// Concurrency: a topic's records in flight are as many as its live
+// subscriptions (the pipeline subscribes trigger.concurrency and
+// executor.concurrency handlers), whatever the partition count.
 type Kafka struct {
-	cfg         config.Kafka
-	logger      watermill.LoggerAdapter
-	brokers     []string
-	consumerCfg *sarama.Config
-	admin       sarama.ClusterAdmin
-	client      sarama.Client
-	pub         *kafka.Publisher
+	cfg    config.Kafka
+	logger watermill.LoggerAdapter
+	client *kgo.Client // producing, metadata and admin
+	admin  *kadm.Client
+	ctx    context.Context // ends at Close: stops publishing
+	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	subs    map[string]*kafka.Subscriber // by topic
-	created map[string]bool              // topics known to exist
-	closed  bool
-	done    chan struct{} // closed by Close: stops retrying publishes
-
-	// subCtx outlives the handlers' subscriptions and ends at Close: see
-	// kafkaSubscriber.Subscribe.
-	subCtx   context.Context
-	stopSubs context.CancelFunc
-	drains   map[string]*drain // by topic: see kafkaSubscriber.Subscribe
-}
-
-// drain counts a topic's live relays and the messages they handed out and
-// that are not acked or nacked yet. All of a topic's consumer sessions end
-// together when it reaches zero: one member leaving the group rebalances it,
-// which would end the sessions of the others while they still drain.
-type drain struct {
-	mu   sync.Mutex
-	n    int
-	zero chan struct{} // closed when n drops to 0; a new one when it rises again
-}
-
-func (d *drain) add(delta int) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.n == 0 && delta > 0 {
-		d.zero = make(chan struct{})
-	}
-	if d.n += delta; d.n == 0 {
-		close(d.zero)
-	}
-}
-
-// done is closed once the count drops to zero.
-func (d *drain) done() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.zero
-}
-
-func (k *Kafka) drainOf(topic string) *drain {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	d, ok := k.drains[topic]
-	if !ok {
-		d = &drain{}
-		k.drains[topic] = d
-	}
-	return d
+	mu        sync.Mutex
+	consumers map[string]*kafkaConsumer // by topic
+	created   map[string]bool           // topics known to exist
+	closed    bool
 }
 
 // NewKafka connects to cfg.Brokers, creates the pipeline's topics (see
@@ -155,45 +100,33 @@ func NewKafka(cfg config.Kafka, topics config.Topics, logger watermill.LoggerAda
 			return nil, fmt.Errorf("broker.kafka.partitions[%s] must be >= 1, got %d", topic, n)
 		}
 	}
-	if cfg.ConsumerGroup == "" {
-		cfg.ConsumerGroup = "eventpipe"
-	}
-	if cfg.ClientID == "" {
-		cfg.ClientID = "eventpipe"
-	}
-	if cfg.ReplicationFactor < 1 {
-		cfg.ReplicationFactor = 1
-	}
-	base, err := kafkaBaseConfig(cfg)
+	cfg.ConsumerGroup = cmp.Or(cfg.ConsumerGroup, "eventpipe")
+	cfg.ClientID = cmp.Or(cfg.ClientID, "eventpipe")
+	cfg.ReplicationFactor = max(cfg.ReplicationFactor, 1)
+	k := &Kafka{cfg: cfg, logger: logger, consumers: make(map[string]*kafkaConsumer), created: make(map[string]bool)}
+	base, err := k.securityOpts()
 	if err != nil {
 		return nil, err
 	}
-	k := &Kafka{
-		cfg:         cfg,
-		logger:      logger,
-		brokers:     cfg.Brokers,
-		consumerCfg: kafkaConsumerConfig(base),
-		subs:        make(map[string]*kafka.Subscriber),
-		created:     make(map[string]bool),
-		done:        make(chan struct{}),
-		drains:      make(map[string]*drain),
+	opts := append(base,
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerBatchMaxBytes(kafkaMaxRecordBatchBytes),
+		kgo.ProducerLinger(kafkaProducerLinger),
+		kgo.RecordDeliveryTimeout(k.publishTimeout()),
+		// Sarama's hash of the key, as eventpipe produced before: a key
+		// stays on its partition (and in order) across the upgrade.
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(kgo.SaramaCompatHasher(fnv32a))),
+	)
+	if k.client, err = kgo.NewClient(opts...); err != nil {
+		return nil, fmt.Errorf("kafka client for %v: %w", cfg.Brokers, err)
 	}
-	k.subCtx, k.stopSubs = context.WithCancel(context.Background())
-	if k.client, err = sarama.NewClient(cfg.Brokers, base); err != nil {
+	k.admin = kadm.NewClient(k.client)
+	k.ctx, k.cancel = context.WithCancel(context.Background())
+	pingCtx, cancel := context.WithTimeout(k.ctx, kafkaTopicReadyTimeout)
+	defer cancel()
+	if err := k.client.Ping(pingCtx); err != nil {
+		k.client.Close()
 		return nil, fmt.Errorf("connect to kafka brokers %v: %w", cfg.Brokers, err)
-	}
-	if k.admin, err = sarama.NewClusterAdminFromClient(k.client); err != nil {
-		_ = k.client.Close()
-		return nil, fmt.Errorf("kafka admin client: %w", err)
-	}
-	k.pub, err = kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               cfg.Brokers,
-		Marshaler:             kafkaMarshaler{},
-		OverwriteSaramaConfig: kafkaProducerConfig(base),
-	}, logger)
-	if err != nil {
-		_ = k.admin.Close()
-		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	for _, topic := range []string{topics.Events, topics.Tasks, topics.Results,
 		topics.Poison(topics.Events), topics.Poison(topics.Tasks)} {
@@ -205,56 +138,40 @@ func NewKafka(cfg config.Kafka, topics config.Topics, logger watermill.LoggerAda
 	return k, nil
 }
 
-// kafkaBaseConfig is the Sarama config shared by producer, consumers and admin.
-func kafkaBaseConfig(cfg config.Kafka) (*sarama.Config, error) {
-	sc := sarama.NewConfig()
-	sc.ClientID = cfg.ClientID
-	sc.Version = sarama.DefaultVersion // 2.8: Sarama's fully covered protocol level
-	tc, err := newTLSConfig(cfg.TLS, "broker.kafka.tls")
+func fnv32a(b []byte) uint32 {
+	h := fnv.New32a()
+	_, _ = h.Write(b)
+	return h.Sum32()
+}
+
+// clientOpts are the options every client of the broker shares.
+func (k *Kafka) clientOpts() []kgo.Opt {
+	opts, _ := k.securityOpts() // checked by NewKafka
+	return opts
+}
+
+// securityOpts: seed brokers, client id, TLS, SASL, logging.
+func (k *Kafka) securityOpts() ([]kgo.Opt, error) {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(k.cfg.Brokers...),
+		kgo.ClientID(k.cfg.ClientID),
+		kgo.WithLogger(kgoLogger{k.logger}),
+	}
+	tc, err := newTLSConfig(k.cfg.TLS, "broker.kafka.tls")
 	if err != nil {
 		return nil, err
 	}
 	if tc != nil {
-		sc.Net.TLS.Enable = true
-		sc.Net.TLS.Config = tc
+		opts = append(opts, kgo.DialTLSConfig(tc))
 	}
-	if err := applySASL(sc, cfg.SASL); err != nil {
+	mech, err := saslMechanism(k.cfg.SASL)
+	if err != nil {
 		return nil, err
 	}
-	return sc, nil
-}
-
-// kafkaProducerConfig: acks=all plus idempotence (which needs one request
-// in flight per connection, and keeps per-partition order across Sarama's
-// own retries).
-func kafkaProducerConfig(base *sarama.Config) *sarama.Config {
-	pc := *base
-	pc.Producer.RequiredAcks = sarama.WaitForAll
-	pc.Producer.Idempotent = true
-	pc.Net.MaxOpenRequests = 1
-	pc.Producer.Return.Successes = true
-	pc.Producer.Return.Errors = true
-	// Sarama's 1,000,000-byte default is below event.max_bytes plus the
-	// poison metadata: a poisoned large event could never be published and
-	// its partition would stall. The cluster's own limit still applies
-	// (see truncateForPoison).
-	pc.Producer.MaxMessageBytes = kafkaMaxMessageBytes
-	pc.Producer.Retry.Max = 10
-	pc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
-		return min(100*time.Millisecond<<min(retries, 4), time.Second)
+	if mech != nil {
+		opts = append(opts, kgo.SASL(mech))
 	}
-	return &pc
-}
-
-// kafkaConsumerConfig: new groups start at the oldest offset (nothing
-// published before the first start is skipped). Partitions are assigned
-// with Sarama's default range strategy: its sticky strategy keeps state in
-// the strategy value, which every consumer sharing this config would race on.
-func kafkaConsumerConfig(base *sarama.Config) *sarama.Config {
-	cc := *base
-	cc.Consumer.Return.Errors = true
-	cc.Consumer.Offsets.Initial = sarama.OffsetOldest
-	return &cc
+	return opts, nil
 }
 
 // ConsumerGroup returns the consumer group that consumes topic.
@@ -282,28 +199,21 @@ func (k *Kafka) Subscriber(topic string) (message.Subscriber, error) {
 
 var _ BacklogReporter = (*Kafka)(nil)
 
-// Ping asks the cluster for its brokers.
+// Ping asks a broker of the cluster for its metadata.
 func (k *Kafka) Ping(ctx context.Context) error {
-	k.mu.Lock()
-	closed := k.closed
-	k.mu.Unlock()
-	if closed {
+	if k.isClosed() {
 		return ErrClosed
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := k.admin.DescribeCluster()
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("kafka brokers %v: %w", k.brokers, err)
-		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := k.client.Ping(ctx); err != nil {
+		return fmt.Errorf("kafka brokers %v: %w", k.cfg.Brokers, err)
 	}
+	return nil
+}
+
+func (k *Kafka) isClosed() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.closed
 }
 
 // Backlog reports the consumer lag of every subscribed topic, per
@@ -315,58 +225,72 @@ func (k *Kafka) Backlog(ctx context.Context) ([]Backlog, error) {
 		k.mu.Unlock()
 		return nil, ErrClosed
 	}
-	topics := slices.Sorted(maps.Keys(k.subs))
+	topics := slices.Sorted(maps.Keys(k.consumers))
 	k.mu.Unlock()
 	var out []Backlog
 	var errs []error
 	for _, topic := range topics {
-		if ctx.Err() != nil {
-			return out, ctx.Err()
-		}
-		lag, err := k.lag(topic)
+		pending, err := k.pending(ctx, topic, k.ConsumerGroup(topic))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("kafka lag of %s: %w", topic, err))
+			continue
 		}
-		out = append(out, lag...)
+		for _, r := range pending {
+			out = append(out, Backlog{Topic: topic, Partition: strconv.Itoa(int(r.partition)), Messages: r.to - r.from})
+		}
 	}
 	return out, errors.Join(errs...)
 }
 
-func (k *Kafka) lag(topic string) ([]Backlog, error) {
-	parts, err := k.client.Partitions(topic)
-	if err != nil {
-		return nil, err
-	}
-	committed, err := k.admin.ListConsumerGroupOffsets(k.ConsumerGroup(topic), map[string][]int32{topic: parts})
-	if errors.Is(err, sarama.ErrGroupIDNotFound) {
-		// A group that never committed: Kafka answers -1 offsets, some
-		// brokers (kfake) this error. Everything is still to consume.
-		committed, err = &sarama.OffsetFetchResponse{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Backlog, 0, len(parts))
-	for _, p := range parts {
-		end, err := k.client.GetOffset(topic, p, sarama.OffsetNewest)
-		if err != nil {
-			return out, err
-		}
-		from := int64(-1)
-		if b := committed.GetBlock(topic, p); b != nil {
-			from = b.Offset
-		}
-		if from < 0 {
-			if from, err = k.client.GetOffset(topic, p, sarama.OffsetOldest); err != nil {
-				return out, err
-			}
-		}
-		out = append(out, Backlog{Topic: topic, Partition: strconv.Itoa(int(p)), Messages: max(end-from, 0)})
-	}
-	return out, nil
+// offsetRange is the records of one partition after a group's committed
+// offset: offsets [from, to).
+type offsetRange struct {
+	partition int32
+	from, to  int64
 }
 
-// Close stops every subscription, then the producer and the admin client.
+// pending returns, per partition of topic (sorted), the records after
+// group's committed offset, from the oldest record kept while the group has
+// committed none (or less than what retention kept). A topic that does not
+// exist has none.
+func (k *Kafka) pending(ctx context.Context, topic, group string) ([]offsetRange, error) {
+	ctx, cancel := context.WithTimeout(ctx, kafkaTopicReadyTimeout)
+	defer cancel()
+	starts, err := k.admin.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	if errors.Is(starts.Error(), kerr.UnknownTopicOrPartition) {
+		return nil, nil
+	}
+	ends, err := k.admin.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	committed, err := k.admin.FetchOffsets(ctx, group)
+	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
+		return nil, fmt.Errorf("offsets of group %s: %w", group, err)
+	}
+	var out []offsetRange
+	var errs []error
+	for p, start := range starts[topic] {
+		end, ok := ends.Lookup(topic, p)
+		if start.Err != nil || !ok || end.Err != nil {
+			errs = append(errs, fmt.Errorf("offsets of %s/%d: %w", topic, p, cmp.Or(start.Err, end.Err)))
+			continue
+		}
+		from := start.Offset
+		if c, ok := committed.Lookup(topic, p); ok && c.Err == nil && c.At > from {
+			from = c.At
+		}
+		out = append(out, offsetRange{partition: p, from: from, to: max(end.Offset, from)})
+	}
+	slices.SortFunc(out, func(a, b offsetRange) int { return cmp.Compare(a.partition, b.partition) })
+	return out, errors.Join(errs...)
+}
+
+// Close stops every consumer (each waits, bounded, for its records in
+// flight and commits what finished), then flushes and closes the producer.
 func (k *Kafka) Close() error {
 	k.mu.Lock()
 	if k.closed {
@@ -374,44 +298,23 @@ func (k *Kafka) Close() error {
 		return nil
 	}
 	k.closed = true
-	close(k.done)
-	drains := slices.Collect(maps.Values(k.drains))
+	consumers := slices.Collect(maps.Values(k.consumers))
+	k.consumers = nil
 	k.mu.Unlock()
-	// Ending the sessions at once would drop the offsets of the messages
-	// acked last (watermill-kafka marks an offset only while its session
-	// lives), and they would run again after a restart: wait, bounded, for
-	// every topic's drain, then the grace the relays give themselves.
-	if len(drains) > 0 {
-		deadline := time.After(kafkaCloseDrainTimeout)
-	wait:
-		for _, d := range drains {
-			select {
-			case <-d.done():
-			case <-deadline:
-				break wait
-			}
-		}
-		time.Sleep(kafkaAckGrace)
+	var wg sync.WaitGroup
+	for _, c := range consumers {
+		wg.Go(func() { c.close(kafkaCloseDrainTimeout) })
 	}
-	k.mu.Lock()
-	k.stopSubs()
-	subs := k.subs
-	k.subs = nil
-	k.mu.Unlock()
-
-	var errs []error
-	for topic, s := range subs {
-		if err := s.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close kafka subscriber of %s: %w", topic, err))
-		}
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), kafkaCloseDrainTimeout)
+	defer cancel()
+	err := k.client.Flush(ctx)
+	k.cancel()
+	k.client.Close()
+	if err != nil {
+		return fmt.Errorf("flush kafka producer: %w", err)
 	}
-	if err := k.pub.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close kafka producer: %w", err))
-	}
-	if err := k.admin.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close kafka admin: %w", err))
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // ensureTopic creates topic once per process. An existing topic is fine;
@@ -429,19 +332,23 @@ func (k *Kafka) ensureTopic(topic string) error {
 	if k.created[topic] {
 		return nil
 	}
-	detail := &sarama.TopicDetail{NumPartitions: int32(k.Partitions(topic)), ReplicationFactor: int16(k.cfg.ReplicationFactor)}
-	err := k.admin.CreateTopic(topic, detail, false)
+	ctx, cancel := context.WithTimeout(k.ctx, kafkaTopicReadyTimeout)
+	defer cancel()
+	parts, repl := int32(k.Partitions(topic)), int16(k.cfg.ReplicationFactor)
+	resp, err := k.admin.CreateTopic(ctx, parts, repl, nil, topic)
+	if err == nil {
+		err = resp.Err
+	}
 	switch {
 	case err == nil:
-		if err := k.waitForTopic(topic); err != nil {
+		if err := k.waitForTopic(ctx, topic); err != nil {
 			return err
 		}
-	case errors.Is(err, sarama.ErrTopicAlreadyExists):
-	case errors.Is(err, sarama.ErrTopicAuthorizationFailed), errors.Is(err, sarama.ErrClusterAuthorizationFailed):
+	case errors.Is(err, kerr.TopicAlreadyExists):
+	case errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.ClusterAuthorizationFailed):
 		k.logger.Info("Not allowed to create Kafka topic, assuming it exists", watermill.LogFields{"topic": topic, "err": err.Error()})
 	default:
-		return fmt.Errorf("create kafka topic %s (%d partitions, replication %d): %w",
-			topic, detail.NumPartitions, detail.ReplicationFactor, err)
+		return fmt.Errorf("create kafka topic %s (%d partitions, replication %d): %w", topic, parts, repl, err)
 	}
 	k.created[topic] = true
 	return nil
@@ -449,194 +356,114 @@ func (k *Kafka) ensureTopic(topic string) error {
 
 // waitForTopic waits until the metadata lists topic with a leader for
 // every partition: creation is asynchronous on a real cluster.
-func (k *Kafka) waitForTopic(topic string) error {
-	deadline := time.Now().Add(kafkaTopicReadyTimeout)
+func (k *Kafka) waitForTopic(ctx context.Context, topic string) error {
 	for {
-		err := k.client.RefreshMetadata(topic)
+		md, err := k.admin.Metadata(ctx, topic)
 		if err == nil {
-			parts, perr := k.client.Partitions(topic)
-			writable, werr := k.client.WritablePartitions(topic)
-			if perr == nil && werr == nil && len(parts) > 0 && len(writable) == len(parts) {
+			t, ok := md.Topics[topic]
+			if ok && t.Err == nil && len(t.Partitions) > 0 && !slices.ContainsFunc(slices.Collect(maps.Values(t.Partitions)),
+				func(p kadm.PartitionDetail) bool { return p.Leader < 0 || p.Err != nil }) {
 				return nil
 			}
+			if ok && t.Err != nil {
+				err = t.Err
+			}
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-ctx.Done():
 			return fmt.Errorf("kafka topic %s created but not ready after %s: %v", topic, kafkaTopicReadyTimeout, err)
+		case <-time.After(100 * time.Millisecond):
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// subscriber returns the watermill-kafka subscriber of topic's consumer group.
-func (k *Kafka) subscriber(topic string) (*kafka.Subscriber, error) {
+// consumer returns topic's consumer, joining its group on first use.
+func (k *Kafka) consumer(topic string) (*kafkaConsumer, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
 		return nil, ErrClosed
 	}
-	if s, ok := k.subs[topic]; ok {
-		return s, nil
+	if c, ok := k.consumers[topic]; ok {
+		return c, nil
 	}
-	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{
-		Brokers:               k.brokers,
-		Unmarshaler:           kafkaMarshaler{},
-		OverwriteSaramaConfig: k.consumerCfg,
-		ConsumerGroup:         k.ConsumerGroup(topic),
-	}, k.logger)
+	c, err := newKafkaConsumer(k, topic)
 	if err != nil {
-		return nil, fmt.Errorf("kafka subscriber of %s: %w", topic, err)
+		return nil, fmt.Errorf("kafka consumer of %s: %w", topic, err)
 	}
-	k.subs[topic] = s
-	return s, nil
+	k.consumers[topic] = c
+	return c, nil
 }
-
-// MetaPayloadTruncated on a poison message holds the original payload size
-// when the broker refused the whole message and only its start was kept.
-const MetaPayloadTruncated = "payload_truncated_bytes"
-
-// MetaMetadataTruncated on a poison message lists, comma-separated, the
-// metadata keys whose values were cut or that were dropped because the
-// broker refused the message as too large even with its payload cut.
-const MetaMetadataTruncated = "metadata_truncated"
 
 // kafkaPublisher creates a topic before its first message; Close is a no-op (see Broker).
 type kafkaPublisher struct{ k *Kafka }
 
-// Publish sends msgs in order, one at a time, each retried until the
-// cluster acknowledges it, the broker closes, or kafkaPublishRetryTimeout
-// passes; one at a time so a retry never re-sends an acknowledged message
-// nor overtakes an earlier one.
+// Publish produces msgs and returns once the cluster acknowledged every one
+// (acks=all), or failed one. Records with the same key keep their order
+// (idempotent producer). A record the cluster refuses as too large fails at
+// once; a poison copy is cut to fit (truncateForPoison) and sent again.
 func (p kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 	k := p.k
-	for _, msg := range msgs {
-		if msg.Metadata.Get(kafka.UUIDHeaderKey) != "" {
-			return fmt.Errorf("message %s: metadata %s is reserved for the message UUID", msg.UUID, kafka.UUIDHeaderKey)
+	if err := k.ensureTopic(topic); err != nil {
+		return err
+	}
+	recs := make([]*kgo.Record, len(msgs))
+	for i, msg := range msgs {
+		rec, err := marshalRecord(topic, msg)
+		if err != nil {
+			return fmt.Errorf("message %s: %w", msg.UUID, err)
 		}
-		deadline := time.Now().Add(k.publishTimeout())
-		wait := 50 * time.Millisecond
-		for {
-			err := k.ensureTopic(topic)
-			if err == nil {
-				err = k.pub.Publish(topic, msg)
-			}
-			if err == nil {
-				break
-			}
-			if errors.Is(err, ErrClosed) {
-				return err
-			}
-			if kafkaPermanent(err) {
-				// Cut a copy: msg may be the message being handled, which a
-				// failed poison publish nacks and redelivers whole.
-				if cut := msg.Copy(); truncateForPoison(cut, err) {
-					msg = cut
-					continue
-				}
-				return fmt.Errorf("publish %s to kafka topic %s: %w", msg.UUID, topic, err)
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("publish %s to kafka topic %s (retried for %s): %w", msg.UUID, topic, k.publishTimeout(), err)
-			}
-			k.logger.Debug("Kafka publish failed, retrying", watermill.LogFields{"topic": topic, "message_uuid": msg.UUID, "err": err.Error()})
-			select {
-			case <-k.done:
-				return ErrClosed
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, time.Second)
+		recs[i] = rec
+	}
+	var errs []error
+	for i, res := range k.client.ProduceSync(k.ctx, recs...) {
+		if res.Err == nil {
+			continue
+		}
+		err := res.Err
+		if cut := msgs[i].Copy(); truncateForPoison(cut, err) {
+			// Cut a copy: the message may be the one being handled, which a
+			// failed poison publish nacks and redelivers whole.
+			err = p.Publish(topic, cut)
+		}
+		if err != nil {
+			errs = append(errs, p.publishError(topic, msgs[i], err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+func (p kafkaPublisher) publishError(topic string, msg *message.Message, err error) error {
+	if errors.Is(err, context.Canceled) && p.k.isClosed() {
+		return ErrClosed
+	}
+	if errors.Is(err, kgo.ErrRecordTimeout) {
+		return fmt.Errorf("publish %s to kafka topic %s (retried for %s): %w", msg.UUID, topic, p.k.publishTimeout(), err)
+	}
+	return fmt.Errorf("publish %s to kafka topic %s: %w", msg.UUID, topic, err)
 }
 
 func (kafkaPublisher) Close() error { return nil }
-
-// kafkaPermanent reports whether retrying a publish cannot help: the record
-// is too large or malformed, or this client may not write the topic.
-func kafkaPermanent(err error) bool {
-	var cfgErr sarama.ConfigurationError
-	if errors.As(err, &cfgErr) {
-		return true
-	}
-	for _, kerr := range []sarama.KError{sarama.ErrMessageSizeTooLarge, sarama.ErrInvalidMessage, sarama.ErrInvalidRecord,
-		sarama.ErrInvalidTopic, sarama.ErrTopicAuthorizationFailed, sarama.ErrClusterAuthorizationFailed} {
-		if errors.Is(err, kerr) {
-			return true
-		}
-	}
-	return false
-}
 
 // kafkaSubscriber subscribes to any topic through that topic's consumer
 // group; Close is a no-op (see Broker): subscriptions end with their context.
 type kafkaSubscriber struct{ k *Kafka }
 
+// Subscribe adds one record in flight to topic's consumer (see
+// kafkaConsumer.relay). When ctx ends the subscription hands out nothing
+// more; a record it handed out is still acked and committed (the group
+// session lives until the broker closes), so tasks finished during a
+// graceful drain do not run again after a restart.
 func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if err := s.k.ensureTopic(topic); err != nil {
 		return nil, err
 	}
-	sub, err := s.k.subscriber(topic)
+	c, err := s.k.consumer(topic)
 	if err != nil {
-		return nil, err
-	}
-	// The consumer-group session outlives ctx: Router.Close ends ctx at
-	// once, and watermill-kafka drops the acks of messages still being
-	// handled once its session is gone, so tasks finished during a graceful
-	// drain would run again after a restart. When ctx ends the handler gets
-	// no more messages; the topic's sessions end together once every relay
-	// of the topic has stopped and every message handed out was acked or
-	// nacked (plus kafkaAckGrace for watermill-kafka to mark the offset), or
-	// when the broker closes.
-	sessionCtx, endSession := context.WithCancel(s.k.subCtx)
-	in, err := sub.Subscribe(sessionCtx, topic)
-	if err != nil {
-		endSession()
 		return nil, err
 	}
 	out := make(chan *message.Message)
-	d := s.k.drainOf(topic)
-	d.add(1) // this relay
-	go func() {
-		defer func() {
-			close(out)
-			d.add(-1)
-			go func() {
-				select {
-				case <-d.done():
-				case <-sessionCtx.Done():
-				}
-				select {
-				case <-time.After(kafkaAckGrace):
-				case <-sessionCtx.Done():
-				}
-				endSession()
-			}()
-		}()
-		for {
-			select {
-			case msg, ok := <-in:
-				if !ok {
-					return
-				}
-				select {
-				case out <- msg:
-					d.add(1)
-					go func() {
-						defer d.add(-1)
-						select {
-						case <-msg.Acked():
-						case <-msg.Nacked():
-						case <-sessionCtx.Done():
-						}
-					}()
-				case <-ctx.Done():
-					return // neither acked nor nacked: redelivered later
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	go c.relay(ctx, out)
 	return out, nil
 }
 
@@ -647,72 +474,20 @@ func (k *Kafka) publishTimeout() time.Duration {
 	return cmp.Or(k.cfg.PublishTimeout, kafkaPublishRetryTimeout)
 }
 
-// truncateForPoison shrinks a poison message the cluster refused as too
-// large, so that the failure is still recorded with its reason and the
-// partition moves on instead of redelivering the message forever. First the
-// payload is cut to its first poisonKeepBytes (payload_truncated_bytes says
-// how big it was); if the record is still refused, its headers are what is
-// too large and the metadata is cut (see truncatePoisonMetadata). It reports
-// whether it changed msg: each step runs once, then Publish gives up.
-func truncateForPoison(msg *message.Message, err error) bool {
-	if !errors.Is(err, sarama.ErrMessageSizeTooLarge) || msg.Metadata.Get(MetaReasonPoisoned) == "" {
-		return false
-	}
-	if len(msg.Payload) > poisonKeepBytes {
-		msg.Metadata.Set(MetaPayloadTruncated, strconv.Itoa(len(msg.Payload)))
-		msg.Payload = msg.Payload[:poisonKeepBytes]
-		return true
-	}
-	return truncatePoisonMetadata(msg)
-}
+// kgoLogger passes franz-go's errors and warnings to the Watermill logger;
+// its info and debug lines are dropped before they are formatted.
+type kgoLogger struct{ l watermill.LoggerAdapter }
 
-// truncatePoisonMetadata bounds the metadata of a poison message. The keys
-// that say why it was poisoned (PoisonMetadataKeys and the truncation
-// marks) are always kept, each value cut to poisonKeepValueBytes. Of the
-// others, the smallest are kept first, each value cut the same way, while
-// they fit in poisonKeepMetadataBytes; the rest are dropped. The keys cut or
-// dropped are listed in metadata_truncated. It reports whether it changed
-// msg: a second call finds nothing left to cut.
-func truncatePoisonMetadata(msg *message.Message) bool {
-	kept := func(k string) bool {
-		return slices.Contains(PoisonMetadataKeys, k) || k == MetaPayloadTruncated || k == MetaMetadataTruncated
-	}
-	size := func(k string) int { return len(k) + min(len(msg.Metadata[k]), poisonKeepValueBytes) }
-	keys := slices.SortedFunc(maps.Keys(msg.Metadata), func(a, b string) int {
-		return cmp.Or(cmp.Compare(size(a), size(b)), cmp.Compare(a, b))
-	})
-	var cut []string
-	used := 0
-	for _, k := range keys {
-		if !kept(k) {
-			if used+size(k) > poisonKeepMetadataBytes {
-				delete(msg.Metadata, k)
-				cut = append(cut, k)
-				continue
-			}
-			used += size(k)
-		}
-		if v := msg.Metadata[k]; len(v) > poisonKeepValueBytes {
-			msg.Metadata[k] = cutText(v, poisonKeepValueBytes)
-			cut = append(cut, k)
-		}
-	}
-	if len(cut) == 0 {
-		return false
-	}
-	slices.Sort(cut)
-	msg.Metadata.Set(MetaMetadataTruncated, cutText(strings.Join(cut, ","), poisonKeepValueBytes))
-	return true
-}
+func (kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
 
-// cutText returns s cut to at most n bytes at a rune boundary: metadata is
-// text (reason_poisoned is shown by eventpipe dlq list), keep it valid UTF-8.
-func cutText(s string, n int) string {
-	if len(s) <= n {
-		return s
+func (g kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	fields := make(watermill.LogFields, len(keyvals)/2)
+	for i := 0; i+1 < len(keyvals); i += 2 {
+		fields[fmt.Sprint(keyvals[i])] = keyvals[i+1]
 	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
+	if level == kgo.LogLevelError {
+		g.l.Error("kafka client: "+msg, nil, fields)
+		return
 	}
-	return s[:n]
+	g.l.Info("kafka client: "+msg, fields)
 }

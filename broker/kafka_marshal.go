@@ -4,60 +4,54 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventpipe/eventpipe/task"
 )
 
-// kafkaMarshaler maps Watermill messages to Kafka records and back.
-//
-// Marshal writes the message UUID and every metadata entry as record
-// headers (Watermill's layout, so other Watermill services read our records)
-// and uses metadata partition_key as the record key: records with the same
-// key land on the same partition and keep their order. Without a key the
+// KafkaUUIDHeader is the record header carrying the Watermill message UUID,
+// named as watermill-kafka names it, so Watermill services and eventpipe
+// read each other's records.
+const KafkaUUIDHeader = "_watermill_message_uuid"
+
+// marshalRecord maps a Watermill message to a Kafka record: the UUID and
+// every metadata entry become headers (Watermill's layout), and metadata
+// partition_key becomes the record key, so records with the same key land
+// on the same partition and keep their order. Without a key the
 // partitioner spreads records over every partition.
-//
-// Unmarshal accepts records from any producer (kcat, Java clients): with no
-// Watermill UUID header the UUID is derived from topic/partition/offset, so
-// it is stable across redeliveries and names the record in poison topics. A
-// record key without a partition_key header becomes partition_key, so a
-// foreign record keeps its key when it is poisoned and replayed. Unmarshal
-// never fails: watermill-kafka stops the partition's consumer on an
-// unmarshal error.
-type kafkaMarshaler struct{}
-
-var _ kafka.MarshalerUnmarshaler = kafkaMarshaler{}
-
-func (kafkaMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	if msg.Metadata.Get(kafka.UUIDHeaderKey) != "" {
-		return nil, fmt.Errorf("metadata %s is reserved for the message UUID", kafka.UUIDHeaderKey)
+func marshalRecord(topic string, msg *message.Message) (*kgo.Record, error) {
+	if msg.Metadata.Get(KafkaUUIDHeader) != "" {
+		return nil, fmt.Errorf("metadata %s is reserved for the message UUID", KafkaUUIDHeader)
 	}
-	headers := make([]sarama.RecordHeader, 0, len(msg.Metadata)+1)
-	headers = append(headers, sarama.RecordHeader{Key: []byte(kafka.UUIDHeaderKey), Value: []byte(msg.UUID)})
+	headers := make([]kgo.RecordHeader, 0, len(msg.Metadata)+1)
+	headers = append(headers, kgo.RecordHeader{Key: KafkaUUIDHeader, Value: []byte(msg.UUID)})
 	for k, v := range msg.Metadata {
-		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+		headers = append(headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 	}
-	pm := &sarama.ProducerMessage{Topic: topic, Value: sarama.ByteEncoder(msg.Payload), Headers: headers}
+	rec := &kgo.Record{Topic: topic, Value: msg.Payload, Headers: headers}
 	if key := msg.Metadata.Get(task.MetaPartitionKey); key != "" {
-		pm.Key = sarama.StringEncoder(key)
+		rec.Key = []byte(key)
 	}
-	return pm, nil
+	return rec, nil
 }
 
-func (kafkaMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
+// unmarshalRecord maps a record from any producer (kcat, Java clients,
+// watermill-kafka) to a Watermill message. With no UUID header the UUID is
+// derived from topic/partition/offset, so it is stable across redeliveries
+// and names the record in poison topics. A record key without a
+// partition_key header becomes partition_key, so a foreign record keeps its
+// key when it is poisoned and replayed. It never fails: a record is never
+// stuck for its form.
+func unmarshalRecord(rec *kgo.Record) *message.Message {
 	var id string
 	md := make(message.Metadata, len(rec.Headers)+1)
 	for _, h := range rec.Headers {
-		if h == nil {
-			continue
-		}
-		if string(h.Key) == kafka.UUIDHeaderKey {
+		if h.Key == KafkaUUIDHeader {
 			id = string(h.Value)
 			continue
 		}
-		md[string(h.Key)] = string(h.Value)
+		md[h.Key] = string(h.Value)
 	}
 	if id == "" {
 		id = foreignRecordID(rec.Topic, rec.Partition, rec.Offset)
@@ -67,7 +61,7 @@ func (kafkaMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, 
 	}
 	msg := message.NewMessage(id, rec.Value)
 	msg.Metadata = md
-	return msg, nil
+	return msg
 }
 
 // foreignRecordID names a record that carries no Watermill UUID by its

@@ -1,15 +1,13 @@
 package broker
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 
-	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/eventpipe/eventpipe/config"
@@ -51,73 +49,23 @@ func newTLSConfig(cfg config.TLS, field string) (*tls.Config, error) {
 	return tc, nil
 }
 
-// applySASL sets Sarama's SASL settings from cfg. SCRAM uses franz-go's
-// implementation (already a dependency through kfake) behind Sarama's
-// SCRAMClient interface.
-func applySASL(sc *sarama.Config, cfg config.SASL) error {
+// saslMechanism returns franz-go's mechanism for cfg (nil when SASL is off).
+func saslMechanism(cfg config.SASL) (sasl.Mechanism, error) {
 	if cfg.Mechanism == "" {
-		return nil
+		return nil, nil
 	}
 	if cfg.Username == "" {
-		return fmt.Errorf("broker.kafka.sasl.username must be set when broker.kafka.sasl.mechanism is %s", cfg.Mechanism)
+		return nil, fmt.Errorf("broker.kafka.sasl.username must be set when broker.kafka.sasl.mechanism is %s", cfg.Mechanism)
 	}
-	sc.Net.SASL.Enable = true
-	sc.Net.SASL.Handshake = true
-	sc.Net.SASL.User = cfg.Username
-	sc.Net.SASL.Password = cfg.Password
 	switch cfg.Mechanism {
 	case config.SASLPlain:
-		sc.Net.SASL.Mechanism = sarama.SASLTypePlaintext
+		return plain.Auth{User: cfg.Username, Pass: cfg.Password}.AsMechanism(), nil
 	case config.SASLSCRAMSHA256:
-		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA256
-		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{sha512: false} }
+		return scram.Auth{User: cfg.Username, Pass: cfg.Password}.AsSha256Mechanism(), nil
 	case config.SASLSCRAMSHA512:
-		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA512
-		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{sha512: true} }
+		return scram.Auth{User: cfg.Username, Pass: cfg.Password}.AsSha512Mechanism(), nil
 	default:
-		return fmt.Errorf("broker.kafka.sasl.mechanism must be one of %s, %s, %s or empty, got %q",
+		return nil, fmt.Errorf("broker.kafka.sasl.mechanism must be one of %s, %s, %s or empty, got %q",
 			config.SASLPlain, config.SASLSCRAMSHA256, config.SASLSCRAMSHA512, cfg.Mechanism)
 	}
-	return nil
 }
-
-// scramClient adapts franz-go's SCRAM session to sarama.SCRAMClient: Sarama
-// calls Begin, then Step("") for the client-first message, then Step with
-// each server challenge until Done.
-type scramClient struct {
-	sha512  bool
-	auth    scram.Auth
-	session sasl.Session
-	done    bool
-}
-
-func (c *scramClient) Begin(user, password, authzID string) error {
-	c.auth = scram.Auth{User: user, Pass: password, Zid: authzID}
-	return nil
-}
-
-func (c *scramClient) Step(challenge string) (string, error) {
-	if c.session == nil {
-		mech := c.auth.AsSha256Mechanism()
-		if c.sha512 {
-			mech = c.auth.AsSha512Mechanism()
-		}
-		session, first, err := mech.Authenticate(context.Background(), "")
-		if err != nil {
-			return "", err
-		}
-		c.session = session
-		return string(first), nil
-	}
-	if c.done {
-		return "", errors.New("scram: exchange already done")
-	}
-	done, resp, err := c.session.Challenge([]byte(challenge))
-	if err != nil {
-		return "", err
-	}
-	c.done = done
-	return string(resp), nil
-}
-
-func (c *scramClient) Done() bool { return c.done }

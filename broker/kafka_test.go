@@ -13,21 +13,23 @@ import (
 	"fmt"
 	"maps"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/task"
@@ -50,22 +52,19 @@ func TestKafkaMarshaler_marshal_keys_records_by_partition_key(t *testing.T) {
 			for k, v := range tt.meta {
 				msg.Metadata.Set(k, v)
 			}
-			rec, err := kafkaMarshaler{}.Marshal("schedule-tasks", msg)
+			rec, err := marshalRecord("schedule-tasks", msg)
 			require.NoError(t, err)
 			assert.Equal(t, "schedule-tasks", rec.Topic)
 			if tt.wantKey == "" {
 				assert.Nil(t, rec.Key)
 			} else {
-				require.NotNil(t, rec.Key)
-				key, err := rec.Key.Encode()
-				require.NoError(t, err)
-				assert.Equal(t, tt.wantKey, string(key))
+				assert.Equal(t, tt.wantKey, string(rec.Key))
 			}
 			headers := map[string]string{}
 			for _, h := range rec.Headers {
 				headers[string(h.Key)] = string(h.Value)
 			}
-			assert.Equal(t, "id-1", headers[kafka.UUIDHeaderKey])
+			assert.Equal(t, "id-1", headers[KafkaUUIDHeader])
 			for k, v := range tt.meta {
 				assert.Equal(t, v, headers[k])
 			}
@@ -76,41 +75,41 @@ func TestKafkaMarshaler_marshal_keys_records_by_partition_key(t *testing.T) {
 func TestKafkaMarshaler_marshal_rejects_reserved_uuid_metadata(t *testing.T) {
 	t.Parallel()
 	msg := message.NewMessage("id", nil)
-	msg.Metadata.Set(kafka.UUIDHeaderKey, "x")
-	_, err := kafkaMarshaler{}.Marshal("t", msg)
+	msg.Metadata.Set(KafkaUUIDHeader, "x")
+	_, err := marshalRecord("t", msg)
 	assert.ErrorContains(t, err, "reserved")
 }
 
 func TestKafkaMarshaler_unmarshal_accepts_records_from_any_producer(t *testing.T) {
 	t.Parallel()
-	h := func(k, v string) *sarama.RecordHeader { return &sarama.RecordHeader{Key: []byte(k), Value: []byte(v)} }
+	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	tests := []struct {
 		name     string
-		rec      *sarama.ConsumerMessage
+		rec      *kgo.Record
 		wantID   string
 		wantMeta map[string]string
 	}{
 		{
 			name:     "watermill record keeps uuid and metadata",
-			rec:      &sarama.ConsumerMessage{Topic: "t", Headers: []*sarama.RecordHeader{h(kafka.UUIDHeaderKey, "u-1"), h("correlation_id", "c-1")}},
+			rec:      &kgo.Record{Topic: "t", Headers: []kgo.RecordHeader{h(KafkaUUIDHeader, "u-1"), h("correlation_id", "c-1")}},
 			wantID:   "u-1",
 			wantMeta: map[string]string{"correlation_id": "c-1"},
 		},
 		{
 			name:     "foreign record without headers gets a position id and its key as partition key",
-			rec:      &sarama.ConsumerMessage{Topic: "business-events", Partition: 3, Offset: 1042, Key: []byte("cust-9")},
+			rec:      &kgo.Record{Topic: "business-events", Partition: 3, Offset: 1042, Key: []byte("cust-9")},
 			wantID:   "kafka:business-events:3:1042",
 			wantMeta: map[string]string{task.MetaPartitionKey: "cust-9"},
 		},
 		{
 			name:     "partition key header wins over the record key",
-			rec:      &sarama.ConsumerMessage{Topic: "t", Key: []byte("k"), Headers: []*sarama.RecordHeader{h(task.MetaPartitionKey, "header-key"), nil}},
+			rec:      &kgo.Record{Topic: "t", Key: []byte("k"), Headers: []kgo.RecordHeader{h(task.MetaPartitionKey, "header-key")}},
 			wantID:   "kafka:t:0:0",
 			wantMeta: map[string]string{task.MetaPartitionKey: "header-key"},
 		},
 		{
 			name:     "no key and no headers",
-			rec:      &sarama.ConsumerMessage{Topic: "t", Offset: 7},
+			rec:      &kgo.Record{Topic: "t", Offset: 7},
 			wantID:   "kafka:t:0:7",
 			wantMeta: map[string]string{},
 		},
@@ -119,8 +118,7 @@ func TestKafkaMarshaler_unmarshal_accepts_records_from_any_producer(t *testing.T
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			tt.rec.Value = []byte(`{"eventType":"x"}`)
-			msg, err := kafkaMarshaler{}.Unmarshal(tt.rec)
-			require.NoError(t, err)
+			msg := unmarshalRecord(tt.rec)
 			assert.Equal(t, tt.wantID, msg.UUID)
 			assert.Equal(t, message.Metadata(tt.wantMeta), msg.Metadata)
 			assert.Equal(t, `{"eventType":"x"}`, string(msg.Payload))
@@ -133,16 +131,9 @@ func TestKafkaMarshaler_round_trip_keeps_uuid_payload_and_metadata(t *testing.T)
 	in := message.NewMessage("id-7", []byte("payload"))
 	in.Metadata.Set(task.MetaPartitionKey, "k")
 	in.Metadata.Set("priority", "HIGH")
-	rec, err := kafkaMarshaler{}.Marshal("t", in)
+	rec, err := marshalRecord("t", in)
 	require.NoError(t, err)
-	cm := &sarama.ConsumerMessage{Topic: "t"}
-	for i := range rec.Headers {
-		cm.Headers = append(cm.Headers, &rec.Headers[i])
-	}
-	cm.Key, _ = rec.Key.Encode()
-	cm.Value, _ = rec.Value.Encode()
-	out, err := kafkaMarshaler{}.Unmarshal(cm)
-	require.NoError(t, err)
+	out := unmarshalRecord(rec)
 	assert.True(t, in.Equals(out), "in %v, out %v", in.Metadata, out.Metadata)
 }
 
@@ -232,10 +223,10 @@ func TestKafka_creates_pipeline_topics_with_configured_partitions(t *testing.T) 
 	brokers := newKfake(t)
 	k, topics := newTestKafka(t, brokers, nil)
 
-	admin, err := sarama.NewClusterAdmin(brokers, sarama.NewConfig())
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	require.NoError(t, err)
-	defer admin.Close()
-	got, err := admin.ListTopics()
+	defer cl.Close()
+	got, err := kadm.NewClient(cl).ListTopics(t.Context())
 	require.NoError(t, err)
 	want := map[string]int32{
 		topics.Events: 12, topics.Tasks: 6, topics.Results: 1,
@@ -243,56 +234,90 @@ func TestKafka_creates_pipeline_topics_with_configured_partitions(t *testing.T) 
 	}
 	for topic, n := range want {
 		require.Contains(t, got, topic)
-		assert.Equal(t, n, got[topic].NumPartitions, topic)
+		assert.Len(t, got[topic].Partitions, int(n), topic)
 	}
 	assert.Equal(t, 12, k.Partitions(topics.Events))
 	assert.Equal(t, "eventpipe."+topics.Tasks, k.ConsumerGroup(topics.Tasks))
 	require.NoError(t, k.Ping(t.Context()))
 }
 
-func TestKafka_keeps_per_key_order_and_partition(t *testing.T) {
+// TestKafka_runs_keys_in_parallel_and_each_key_in_order hands records to
+// many subscriptions that ack after a random pause: records of one key must
+// never be in flight together and must start in publish order, while
+// records of different keys overlap (more than one in flight per partition).
+func TestKafka_runs_keys_in_parallel_and_each_key_in_order(t *testing.T) {
 	t.Parallel()
-	k, topics := newTestKafka(t, newKfake(t), nil)
-	const keys, perKey = 5, 40
+	brokers := newKfake(t)
+	k, _ := newTestKafka(t, brokers, nil)
+	topic := "one-partition" // default_partitions: 1
+	const keys, perKey, subs = 20, 25, 16
 	var msgs []*message.Message
 	for i := range perKey {
 		for key := range keys {
-			m := message.NewMessage(fmt.Sprintf("k%d-%03d", key, i), []byte(fmt.Sprint(i)))
-			m.Metadata.Set(task.MetaPartitionKey, fmt.Sprintf("key-%d", key))
+			m := message.NewMessage(fmt.Sprintf("k%02d-%03d", key, i), []byte(fmt.Sprint(i)))
+			m.Metadata.Set(task.MetaPartitionKey, fmt.Sprintf("key-%02d", key))
 			msgs = append(msgs, m)
 		}
 	}
-	require.NoError(t, k.Publisher().Publish(topics.Tasks, msgs...))
+	require.NoError(t, k.Publisher().Publish(topic, msgs...))
 
-	sub, err := k.Subscriber(topics.Tasks)
+	sub, err := k.Subscriber(topic)
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	ch, err := sub.Subscribe(ctx, topics.Tasks)
-	require.NoError(t, err)
-	seen := map[string][]string{}
-	partition := map[string]int32{}
-	for range len(msgs) {
-		select {
-		case m := <-ch:
-			key := m.Metadata.Get(task.MetaPartitionKey)
-			p, ok := kafka.MessagePartitionFromCtx(m.Context())
-			require.True(t, ok)
-			if prev, ok := partition[key]; ok {
-				assert.Equal(t, prev, p, "key %s moved partition", key)
+	var (
+		mu        sync.Mutex
+		started   = map[string][]string{}
+		running   = map[string]bool{}
+		inFlight  int
+		peak      int
+		overlap   []string
+		remaining = len(msgs)
+		allDone   = make(chan struct{})
+	)
+	for range subs {
+		ch, err := sub.Subscribe(ctx, topic)
+		require.NoError(t, err)
+		go func() {
+			for m := range ch {
+				key := m.Metadata.Get(task.MetaPartitionKey)
+				mu.Lock()
+				if running[key] {
+					overlap = append(overlap, m.UUID)
+				}
+				running[key] = true
+				started[key] = append(started[key], m.UUID)
+				inFlight++
+				peak = max(peak, inFlight)
+				mu.Unlock()
+				time.Sleep(time.Duration(mrand.N(3)) * time.Millisecond)
+				mu.Lock()
+				running[key] = false
+				inFlight--
+				if remaining--; remaining == 0 {
+					close(allDone)
+				}
+				mu.Unlock()
+				m.Ack()
 			}
-			partition[key] = p
-			seen[key] = append(seen[key], m.UUID)
-			m.Ack()
-		case <-ctx.Done():
-			t.Fatalf("received %d of %d", len(seen), len(msgs))
-		}
+		}()
 	}
+	select {
+	case <-allDone:
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("%d of %d records not handled", remaining, len(msgs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Empty(t, overlap, "records of one key in flight together")
+	assert.Greater(t, peak, 1, "records of different keys on one partition overlap")
 	for key := range keys {
-		ids := seen[fmt.Sprintf("key-%d", key)]
+		ids := started[fmt.Sprintf("key-%02d", key)]
 		require.Len(t, ids, perKey)
 		for i, id := range ids {
-			assert.Equal(t, fmt.Sprintf("k%d-%03d", key, i), id)
+			assert.Equal(t, fmt.Sprintf("k%02d-%03d", key, i), id)
 		}
 	}
 }
@@ -439,34 +464,6 @@ func TestKafka_publish_fails_fast_on_a_record_too_large(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "publish big to kafka topic "+topics.Results)
 	assert.Less(t, time.Since(start), 5*time.Second, "not retried for the outage budget")
-}
-
-func TestDrain_is_done_only_when_every_relay_and_message_is_done(t *testing.T) {
-	t.Parallel()
-	var d drain
-	d.add(1) // relay A
-	d.add(1) // relay B
-	d.add(1) // a message A handed out
-	done := d.done()
-	d.add(-1) // relay A stops
-	d.add(-1) // the message is acked
-	select {
-	case <-done:
-		t.Fatal("done while relay B still runs")
-	default:
-	}
-	d.add(-1) // relay B stops
-	select {
-	case <-done:
-	default:
-		t.Fatal("not done at zero")
-	}
-	d.add(1) // a new generation starts afresh
-	select {
-	case <-d.done():
-		t.Fatal("a new generation starts not done")
-	default:
-	}
 }
 
 func TestKafka_poison_copy_too_large_for_the_cluster_is_cut_until_it_fits(t *testing.T) {

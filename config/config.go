@@ -59,7 +59,7 @@ type EmbeddedBroker struct {
 	BufferSize int `yaml:"buffer_size"`
 }
 
-// Kafka configures the Kafka broker (watermill-kafka, Sarama).
+// Kafka configures the Kafka broker (franz-go).
 type Kafka struct {
 	// Brokers are host:port seed brokers. Required for kind kafka.
 	// Env EVENTPIPE_KAFKA_BROKERS (comma-separated).
