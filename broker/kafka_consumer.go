@@ -62,6 +62,11 @@ type kafkaConsumer struct {
 	wake    chan struct{} // a record was queued (capacity 1)
 	space   chan struct{} // the buffer has room again (capacity 1)
 	abandon chan struct{} // closed when Close stops waiting for acks
+	// msgCtx is the parent of every delivered message's context; it ends
+	// when Close stops waiting for acks (not when a subscription ends: a
+	// graceful drain lets handlers finish what they started).
+	msgCtx       context.Context
+	cancelMsgCtx context.CancelFunc
 	stop    context.CancelFunc
 	stopped chan struct{} // closed when polling and marking ended
 
@@ -82,6 +87,7 @@ func newKafkaConsumer(k *Kafka, topic string) (*kafkaConsumer, error) {
 		wake: make(chan struct{}, 1), space: make(chan struct{}, 1), abandon: make(chan struct{}),
 		stopped: make(chan struct{}), parts: make(map[int32]*partitionWork),
 	}
+	c.msgCtx, c.cancelMsgCtx = context.WithCancel(context.Background())
 	opts := append(k.clientOpts(),
 		kgo.ConsumerGroup(c.group),
 		kgo.ConsumeTopics(topic),
@@ -218,18 +224,26 @@ func (c *kafkaConsumer) relay(ctx context.Context, out chan<- *message.Message) 
 		if r == nil {
 			return
 		}
+		// A message's context ends once it is acked or nacked (Watermill's
+		// contract), or when Close gives up waiting for it.
+		msgCtx, cancel := context.WithCancel(c.msgCtx)
+		r.msg.SetContext(msgCtx)
 		select {
 		case out <- r.msg:
 		case <-ctx.Done():
+			cancel()
 			c.putBack(r)
 			return
 		}
 		select {
 		case <-r.msg.Acked():
+			cancel()
 			c.finish(r)
 		case <-r.msg.Nacked():
+			cancel()
 			c.redeliver(r)
 		case <-c.abandon:
+			cancel()
 			return
 		}
 	}
@@ -469,6 +483,7 @@ func (c *kafkaConsumer) close(wait time.Duration) {
 			watermill.LogFields{"topic": c.topic})
 	}
 	close(c.abandon)
+	c.cancelMsgCtx()
 	// Leaving lets the group hand our partitions on at once instead of
 	// after the session timeout; bounded, for a cluster that is down.
 	_ = c.client.LeaveGroupContext(ctx)

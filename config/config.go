@@ -183,7 +183,10 @@ type Event struct {
 
 // Trigger configures the trigger handler (event -> tasks).
 type Trigger struct {
-	// Concurrency is the number of events processed at once. Default 1.
+	// Concurrency is the number of events handled at once (handlers
+	// subscribed to the events topic, one event in flight each; on Kafka
+	// independent of the partition count). Each waits mostly on publishing
+	// its tasks, so it pays to keep many in flight. Default 64.
 	Concurrency int `yaml:"concurrency"`
 	// Timeout bounds one attempt at handling an event. Default 30s.
 	Timeout time.Duration `yaml:"timeout"`
@@ -191,7 +194,9 @@ type Trigger struct {
 
 // Executor configures the executor handler (task -> result).
 type Executor struct {
-	// Concurrency is the number of tasks run at once. Default 4.
+	// Concurrency is the number of tasks run at once (on Kafka independent
+	// of the partition count; tasks with one partition key still run one
+	// after another). Default 64.
 	Concurrency int `yaml:"concurrency"`
 	// Timeout bounds one attempt at a task that sets no timeout of its own
 	// (parameters.timeout, which wins when set; the executors' own
@@ -333,8 +338,8 @@ func Default() *Config {
 			IdleTimeout:   60 * time.Second,
 		},
 		Event:    Event{MaxBytes: 1 << 20},
-		Trigger:  Trigger{Concurrency: 1, Timeout: 30 * time.Second},
-		Executor: Executor{Concurrency: 4, Timeout: 5 * time.Minute},
+		Trigger:  Trigger{Concurrency: 64, Timeout: 30 * time.Second},
+		Executor: Executor{Concurrency: 64, Timeout: 5 * time.Minute},
 		Retry: Retry{
 			MaxRetries:          3,
 			InitialInterval:     100 * time.Millisecond,

@@ -100,7 +100,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	p.engine = p.rules.Engine()
 	// Watermill logs some per-message events at Info (e.g. GoChannel's "No
 	// subscribers to send message"); eventpipe keeps Info for lifecycle lines.
-	wlog := watermill.NewSlogLoggerWithLevelMapping(p.log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := newWatermillLogger(p.log)
 	p.broker, p.ownBroker = o.broker, o.broker == nil
 	if p.ownBroker {
 		if p.broker, err = broker.New(cfg.Broker, cfg.Topics, wlog); err != nil {
