@@ -41,19 +41,21 @@ const (
 	// limit fails whole, so this must not exceed it; a larger record fails
 	// at once as too large (and a poison copy is cut, see truncateForPoison).
 	kafkaMaxRecordBatchBytes = 1048588
-	// kafkaProducerLinger lets the records that handlers publish at the
-	// same moment share one produce request; while requests are in flight
-	// records batch up anyway.
-	kafkaProducerLinger = 2 * time.Millisecond
+	// kafkaProducerLinger: none. While produce requests are in flight (up
+	// to five per broker) the records of every handler batch up behind them
+	// anyway, and a linger only adds to each handler's wait (measured: 2 ms
+	// of linger cost 13% of end-to-end throughput).
+	kafkaProducerLinger = 0
 )
 
 // Kafka is the Kafka broker, on franz-go: one producing client shared by
 // every publisher, and one group-consuming client per consumed topic.
 //
 //   - Producing: acks=all and an idempotent producer, batched and pipelined
-//     (up to five requests in flight per broker, records lingering
-//     kafkaProducerLinger), so the Publish calls of many handlers become a
-//     few requests; a Publish returns once its records are acknowledged.
+//     (up to five requests in flight per broker; records published while
+//     they are in flight share the next request), so the Publish calls of
+//     many handlers become a few requests; a Publish returns once its
+//     records are acknowledged.
 //     Metadata partition_key is the record key (tasks: the rule's partition
 //     key, default the event id), hashed as Sarama does, so one key keeps
 //     its partition and its order. The client retries a record for up to

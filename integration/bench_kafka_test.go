@@ -44,7 +44,7 @@ func BenchmarkKafka(b *testing.B) {
 	kb := startKfakeProcess(b)
 	b.Run("raw", func(b *testing.B) { benchKafkaRaw(b, kb) })
 	b.Run("eventpipe", func(b *testing.B) {
-		benchKafkaPipeline(b, kb, benchMutate, func(brokers []string, cfg *config.Config, n int) {
+		benchKafkaPipeline(b, kb, nil, func(brokers []string, cfg *config.Config, n int) {
 			produceEvents(b, brokers, cfg.Topics.Events, n)
 		}, nil)
 	})
@@ -72,15 +72,6 @@ func BenchmarkKafkaSlowTasks(b *testing.B) {
 				}, []pipeline.Option{pipeline.WithExecutor("sleep", sleep)})
 			b.ReportMetric(float64(n)/0.010, "ideal-tasks/s")
 		})
-	}
-}
-
-var benchMutate func(*config.Config)
-
-func init() {
-	if v := os.Getenv("BENCH_CONC"); v != "" {
-		n, _ := strconv.Atoi(v)
-		benchMutate = func(c *config.Config) { c.Trigger.Concurrency, c.Executor.Concurrency = n, n }
 	}
 }
 
