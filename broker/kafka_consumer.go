@@ -67,8 +67,8 @@ type kafkaConsumer struct {
 	// graceful drain lets handlers finish what they started).
 	msgCtx       context.Context
 	cancelMsgCtx context.CancelFunc
-	stop    context.CancelFunc
-	stopped chan struct{} // closed when polling and marking ended
+	stop         context.CancelFunc
+	stopped      chan struct{} // closed when polling and marking ended
 
 	mu            sync.Mutex
 	parts         map[int32]*partitionWork
