@@ -10,7 +10,7 @@ PROMTOOL ?= promtool
 # The integration suite finds RabbitMQ here (scripts/test-deps.sh starts it).
 export EVENTPIPE_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: build run test test-unit test-integration test-race bench fuzz lint fmt tidy examples rules-check smoke-prometheus docker-build test-faults test-deps
+.PHONY: bench-kafka build run test test-unit test-integration test-race bench fuzz lint fmt tidy examples rules-check smoke-prometheus docker-build test-faults test-deps
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/eventpipe
@@ -50,6 +50,19 @@ bench:
 	        if (p && o) printf "embedded metrics off/on speed ratio: %.2f\n", o/p }' /tmp/eventpipe-bench.txt
 	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
 	  $(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 10000x ./integration/
+	$(MAKE) bench-kafka
+
+# bench-kafka: eventpipe on Kafka (a kfake process) against a bare franz-go
+# client in the same run, then 10 ms tasks at executor concurrency 8/64/256.
+bench-kafka:
+	$(GO) test -run '^$$' -bench 'BenchmarkKafka$$' -benchmem -benchtime 50000x ./integration/ | tee /tmp/eventpipe-bench-kafka.txt
+	@awk 'function m(u) { for (i = 1; i < NF; i++) if ($$(i+1) == u) return $$i } \
+	  /BenchmarkKafka\/raw/ {r = m("events/s"); rc = m("cpu-µs/event")} \
+	  /BenchmarkKafka\/eventpipe/ {p = m("events/s"); pc = m("cpu-µs/event"); pa = m("allocs/op")} \
+	  END { if (r && p) printf "kafka eventpipe/raw throughput ratio: %.2f (eventpipe %.0f events/s at %.1f cpu-µs/event, %d allocs/event; raw %.0f events/s at %.1f cpu-µs/event)\n", p/r, p, pc, pa, r, rc }' /tmp/eventpipe-bench-kafka.txt
+	$(GO) test -run '^$$' -bench 'BenchmarkKafkaSlowTasks' -benchmem -benchtime 10000x ./integration/ | tee /tmp/eventpipe-bench-kafka-slow.txt
+	@awk 'function m(u) { for (i = 1; i < NF; i++) if ($$(i+1) == u) return $$i } \
+	  /BenchmarkKafkaSlowTasks\// { printf "%s: %.0f tasks/s = %.2f of concurrency / 10 ms\n", $$1, m("events/s"), m("events/s") / m("ideal-tasks/s") }' /tmp/eventpipe-bench-kafka-slow.txt
 
 # fuzz runs every fuzz target for FUZZTIME each. Minimizing a new
 # interesting input may otherwise take 60 s (the default), counted in

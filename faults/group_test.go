@@ -4,6 +4,7 @@ package faults_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,11 +24,7 @@ func TestTwoProcesses(t *testing.T) {
 	for _, kind := range brokers {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			// On Kafka a member gets partitions only if there are more than
-			// the members already own: with the sticky assignor, B's
-			// handlers would idle while A's 4 trigger and 8 executor
-			// handlers hold 4 and 8 partitions. So twice as many here.
-			e := newEnv(t, kind, options{dedup: "redis", eventPartitions: 8, taskPartitions: 16})
+			e := newEnv(t, kind, options{dedup: "redis"})
 			evs, want := e.faultEvents("group", events)
 			a := e.start()
 			e.publish(evs)
@@ -80,4 +77,53 @@ func (e *env) waitRunBy(p *pipeline, n int, timeout time.Duration) int {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestThreeProcessesKafka runs three pipeline processes in one Kafka group
+// over 6,000 events, with 12 partitions per topic (a multiple of three: a
+// member gets whole partitions). All three join before the events are
+// published, so each should run about a third of the tasks: within 15% of
+// the mean by the time half of them ran. Then one process is killed with
+// SIGKILL, the others take its partitions over and finish: nothing lost.
+func TestThreeProcessesKafka(t *testing.T) {
+	const events, procs = 6000, 3
+	e := newEnv(t, kafka, options{dedup: "redis", eventPartitions: 12, taskPartitions: 12})
+	evs, want := e.faultEvents("three", events)
+	ps := make([]*pipeline, procs)
+	for i := range ps {
+		ps[i] = e.start()
+	}
+	e.waitGroupStable(e.id+"."+e.events, procs, 2*time.Minute)
+	e.waitGroupStable(e.id+"."+e.tasks, procs, 2*time.Minute)
+	e.publish(evs)
+	e.waitProgress(want, events/2, 3*time.Minute, ps...)
+	shares := map[int]int{}
+	total := 0
+	for _, en := range e.readLedger() {
+		if en.kind == "done" {
+			shares[en.pid]++
+			total++
+		}
+	}
+	mean := float64(total) / procs
+	var spread []string
+	for _, p := range ps {
+		n := shares[p.pid()]
+		spread = append(spread, fmt.Sprintf("%d", n))
+		assert.InDelta(t, mean, float64(n), 0.15*mean, "process %s ran %d of %d tasks (mean %.0f)", p.name, n, total, mean)
+	}
+	killed := ps[0]
+	killed.kill()
+	e.waitDone(want, 3*time.Minute, ps[1:]...)
+	e.waitQuiet(3 * time.Second)
+	for _, p := range ps[1:] {
+		_, err := p.term(e.opts.shutdown + 5*time.Second)
+		require.NoError(t, err)
+	}
+	tl := e.record(4, "three processes, one Kafka group: load share, one SIGKILLed at 50%", events, want,
+		fmt.Sprintf("tasks per process at 50%%: %s (mean %.0f, allowed ±15%%); %s killed; redis dedup",
+			strings.Join(spread, "/"), mean, killed.name))
+	assert.Zero(t, tl.lost, "tasks lost")
+	assert.Empty(t, tl.unexpected)
+	assert.Empty(t, e.dlq(), "nothing is poisoned")
 }
