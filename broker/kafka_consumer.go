@@ -3,12 +3,15 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 const (
@@ -22,9 +25,9 @@ const (
 	// (the broker is unreachable) or it was cancelled: try again soon, not in
 	// a tight loop.
 	kafkaRedeliverDelay = 500 * time.Millisecond
-	// kafkaMarkInterval is how often finished offsets are handed to the
-	// client for its next autocommit (kafkaCommitInterval).
-	kafkaMarkInterval   = 100 * time.Millisecond
+	// kafkaCommitInterval is how often finished offsets are committed (also
+	// on a rebalance and at Close); a crash re-runs up to this much work
+	// besides what was in flight.
 	kafkaCommitInterval = time.Second
 	// kafkaRevokeWait bounds how long a revoked partition's records in
 	// flight may take to finish before the partition is given up without
@@ -96,10 +99,10 @@ func newKafkaConsumer(k *Kafka, topic string) (*kafkaConsumer, error) {
 		kgo.SessionTimeout(kafkaSessionTimeout),
 		kgo.HeartbeatInterval(kafkaHeartbeat),
 		kgo.RebalanceTimeout(kafkaRebalanceTimeout),
-		kgo.AutoCommitMarks(),
-		kgo.AutoCommitInterval(kafkaCommitInterval),
+		kgo.DisableAutoCommit(), // commitFinished commits, with metadata
 		kgo.BlockRebalanceOnPoll(),
 		kgo.OnPartitionsAssigned(c.onAssigned),
+		kgo.OnOffsetsFetched(c.onFetched),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
 	)
@@ -114,25 +117,27 @@ func newKafkaConsumer(k *Kafka, topic string) (*kafkaConsumer, error) {
 	return c, nil
 }
 
-// run polls records into the partitions' work until ctx ends, and hands
-// finished offsets to the client every kafkaMarkInterval.
+// run polls records into the partitions' work until ctx ends, and commits
+// what finished every kafkaCommitInterval.
 func (c *kafkaConsumer) run(ctx context.Context) {
 	defer close(c.stopped)
-	markDone := make(chan struct{})
+	commitDone := make(chan struct{})
 	go func() {
-		defer close(markDone)
-		t := time.NewTicker(kafkaMarkInterval)
+		defer close(commitDone)
+		t := time.NewTicker(kafkaCommitInterval)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
-				c.markFinished()
+				if err := c.commitFinished(ctx); err != nil && ctx.Err() == nil {
+					c.logger.Error("Kafka offset commit failed; retried in a second", err, watermill.LogFields{"topic": c.topic})
+				}
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
-	defer func() { <-markDone }()
+	defer func() { <-commitDone }()
 	for {
 		room := c.waitForRoom(ctx)
 		if room == 0 {
@@ -194,12 +199,15 @@ func (c *kafkaConsumer) add(fetches kgo.Fetches) {
 		if p == nil || p.revoked || p.draining {
 			continue // cannot happen under BlockRebalanceOnPoll; never commit it
 		}
-		c.buffered++
-		c.bufferedBytes += r.size
-		if p.add(r) {
+		switch p.add(r) {
+		case recordDone:
+			continue // finished before a restart or rebalance
+		case recordRunnable:
 			c.queue = append(c.queue, r)
 			queued = true
 		}
+		c.buffered++
+		c.bufferedBytes += r.size
 	}
 	if queued {
 		c.signal(c.wake)
@@ -363,25 +371,103 @@ func (c *kafkaConsumer) redeliver(r *kafkaRecord) {
 	})
 }
 
-// markFinished hands every partition's committable offset that moved to the
-// client, which commits it within kafkaCommitInterval.
-func (c *kafkaConsumer) markFinished() {
+// commitFinished commits, for every partition whose progress changed, the
+// offset of its lowest unfinished record with the offsets finished above it
+// in the commit's metadata (partitionWork.doneAbove), so that consuming the
+// partition again skips them.
+func (c *kafkaConsumer) commitFinished(ctx context.Context) error {
+	type point struct {
+		eo   kgo.EpochOffset
+		meta string
+	}
 	c.mu.Lock()
-	var offsets map[int32]kgo.EpochOffset
+	points := make(map[int32]point)
 	for _, p := range c.parts {
-		if p.revoked || p.committable <= p.marked {
+		if p.revoked {
 			continue
 		}
-		if offsets == nil {
-			offsets = make(map[int32]kgo.EpochOffset)
+		offset, epoch, ok := p.commitPoint()
+		if !ok {
+			continue
 		}
-		offsets[p.partition] = kgo.EpochOffset{Epoch: p.committableEpoch, Offset: p.committable}
-		p.marked = p.committable
+		meta := p.doneAbove(offset)
+		if offset == p.committed && meta == p.committedMeta {
+			continue
+		}
+		points[p.partition] = point{kgo.EpochOffset{Epoch: epoch, Offset: offset}, meta}
 	}
 	c.mu.Unlock()
-	if offsets != nil {
-		c.client.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: offsets})
+	if len(points) == 0 {
+		return nil
 	}
+	offsets := make(map[int32]kgo.EpochOffset, len(points))
+	for part, pt := range points {
+		offsets[part] = pt.eo
+	}
+	ctx = kgo.PreCommitFnContext(ctx, func(req *kmsg.OffsetCommitRequest) error {
+		for i := range req.Topics {
+			if req.Topics[i].Topic != c.topic {
+				continue
+			}
+			for j := range req.Topics[i].Partitions {
+				rp := &req.Topics[i].Partitions[j]
+				if pt, ok := points[rp.Partition]; ok {
+					rp.Metadata = &pt.meta
+				}
+			}
+		}
+		return nil
+	})
+	var err error
+	c.client.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{c.topic: offsets},
+		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, cerr error) {
+			err = cerr
+			if cerr != nil {
+				return
+			}
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for _, t := range resp.Topics {
+				for _, rp := range t.Partitions {
+					if perr := kerr.ErrorForCode(rp.ErrorCode); perr != nil {
+						err = errors.Join(err, fmt.Errorf("partition %d: %w", rp.Partition, perr))
+						continue
+					}
+					if p, pt := c.parts[rp.Partition], points[rp.Partition]; p != nil && t.Topic == c.topic {
+						p.committed, p.committedMeta = pt.eo.Offset, pt.meta
+					}
+				}
+			}
+		})
+	return err
+}
+
+// onFetched reads the offsets finished above each committed offset from the
+// commit metadata, so add skips them (see commitFinished).
+func (c *kafkaConsumer) onFetched(_ context.Context, _ *kgo.Client, resp *kmsg.OffsetFetchResponse) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	read := func(topic string, partition int32, offset int64, meta *string) {
+		p := c.parts[partition]
+		if topic != c.topic || p == nil || meta == nil || offset < 0 {
+			return
+		}
+		p.skip = parseDoneAbove(*meta, offset)
+		p.committed, p.committedMeta = offset, *meta
+	}
+	for _, t := range resp.Topics {
+		for _, rp := range t.Partitions {
+			read(t.Topic, rp.Partition, rp.Offset, rp.Metadata)
+		}
+	}
+	for _, g := range resp.Groups {
+		for _, t := range g.Topics {
+			for _, rp := range t.Partitions {
+				read(t.Topic, rp.Partition, rp.Offset, rp.Metadata)
+			}
+		}
+	}
+	return nil
 }
 
 func (c *kafkaConsumer) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
@@ -395,7 +481,7 @@ func (c *kafkaConsumer) onAssigned(_ context.Context, _ *kgo.Client, assigned ma
 
 // onRevoked lets the revoked partitions' records in flight finish (bounded
 // by kafkaRevokeWait), commits what finished, and drops the rest.
-func (c *kafkaConsumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+func (c *kafkaConsumer) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
 	parts := revoked[c.topic]
 	c.mu.Lock()
 	for _, p := range parts {
@@ -412,10 +498,9 @@ func (c *kafkaConsumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked m
 			deadline = time.Now()
 		}
 	}
-	c.markFinished()
 	commitCtx, cancel := context.WithTimeout(ctx, kafkaRevokeWait)
 	defer cancel()
-	if err := cl.CommitMarkedOffsets(commitCtx); err != nil {
+	if err := c.commitFinished(commitCtx); err != nil {
 		c.logger.Error("Kafka commit of revoked partitions failed; their finished records may run again", err,
 			watermill.LogFields{"topic": c.topic, "partitions": parts})
 	}
@@ -452,10 +537,8 @@ func (c *kafkaConsumer) drop(parts []int32) {
 			continue
 		}
 		w.revoked = true
-		for _, r := range w.window[w.head:] {
-			if !r.done && !r.inFlight {
-				c.release(r)
-			}
+		for _, r := range w.unfinished() {
+			c.release(r)
 		}
 		delete(c.parts, p)
 	}
@@ -475,10 +558,9 @@ func (c *kafkaConsumer) close(wait time.Duration) {
 		case <-time.After(wait):
 		}
 	}
-	c.markFinished()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	if err := c.client.CommitMarkedOffsets(ctx); err != nil {
+	if err := c.commitFinished(ctx); err != nil {
 		c.logger.Error("Kafka commit at close failed; the last finished records may run again", err,
 			watermill.LogFields{"topic": c.topic})
 	}

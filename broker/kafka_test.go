@@ -646,3 +646,75 @@ func TestKafka_message_acked_right_before_close_is_not_redelivered(t *testing.T)
 		require.NoError(t, k.Close())
 	}
 }
+
+// TestKafka_records_finished_above_an_unfinished_one_do_not_run_again: with
+// many records in flight, a graceful stop can leave finished records above
+// one still running (the committed offset cannot pass it). After a restart
+// only the unfinished one comes again: the commit metadata lists the others.
+func TestKafka_records_finished_above_an_unfinished_one_do_not_run_again(t *testing.T) {
+	t.Parallel()
+	brokers := newKfake(t)
+	topics := testTopics(t)
+	cfg := config.Default().Broker.Kafka
+	cfg.Brokers = brokers
+	cfg.Partitions = map[string]int{topics.Events: 1}
+	open := func() *Kafka {
+		k, err := NewKafka(cfg, topics, watermill.NopLogger{})
+		require.NoError(t, err)
+		return k
+	}
+	k := open()
+	const n = 6
+	for i := range n {
+		require.NoError(t, k.Publisher().Publish(topics.Events, message.NewMessage(fmt.Sprintf("m%d", i), []byte("x"))))
+	}
+	sub, err := k.Subscriber(topics.Events)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	var chs []<-chan *message.Message
+	for range n {
+		ch, err := sub.Subscribe(ctx, topics.Events)
+		require.NoError(t, err)
+		chs = append(chs, ch)
+	}
+	got := map[string]*message.Message{}
+	for _, ch := range chs {
+		select {
+		case m := <-ch:
+			got[m.UUID] = m
+		case <-time.After(20 * time.Second):
+			t.Fatalf("got %d of %d records in flight", len(got), n)
+		}
+	}
+	for id, m := range got {
+		if id != "m1" && id != "m4" {
+			m.Ack()
+		}
+	}
+	cancel()
+	got["m1"].Nack() // cut off by the shutdown; m4 is still running at Close
+	require.NoError(t, k.Close())
+
+	k = open()
+	defer k.Close()
+	sub, err = k.Subscriber(topics.Events)
+	require.NoError(t, err)
+	ch, err := sub.Subscribe(t.Context(), topics.Events)
+	require.NoError(t, err)
+	var again []string
+	for range 2 {
+		select {
+		case m := <-ch:
+			again = append(again, m.UUID)
+			m.Ack()
+		case <-time.After(20 * time.Second):
+			t.Fatalf("after the restart got %v, want m1 and m4", again)
+		}
+	}
+	assert.Equal(t, []string{"m1", "m4"}, again)
+	select {
+	case m := <-ch:
+		t.Fatalf("%s finished before the restart and came again", m.UUID)
+	case <-time.After(2 * time.Second):
+	}
+}

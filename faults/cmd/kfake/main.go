@@ -17,10 +17,14 @@
 //	                                  min.insync.replicas)
 //	DELETE /faults/produce?topic=T   accept produces to T again
 //
+// It removes group members that died while they joined, as Kafka's session
+// timeout does and kfake does not (see reaper).
+//
 // It prints "kfake listening on HOST:PORT control HOST:PORT" once ready.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -67,6 +71,13 @@ func run() error {
 		return fmt.Errorf("start cluster: %w", err)
 	}
 	defer c.Close()
+	reap, err := newReaper(c)
+	if err != nil {
+		return fmt.Errorf("start reaper: %w", err)
+	}
+	reapCtx, stopReap := context.WithCancel(context.Background())
+	defer stopReap()
+	go reap.run(reapCtx)
 
 	controlAddr := "-"
 	if *control != "" {
