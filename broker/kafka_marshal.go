@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"strconv"
+	"unsafe"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -25,15 +26,22 @@ func marshalRecord(topic string, msg *message.Message) (*kgo.Record, error) {
 		return nil, fmt.Errorf("metadata %s is reserved for the message UUID", KafkaUUIDHeader)
 	}
 	headers := make([]kgo.RecordHeader, 0, len(msg.Metadata)+1)
-	headers = append(headers, kgo.RecordHeader{Key: KafkaUUIDHeader, Value: []byte(msg.UUID)})
+	headers = append(headers, kgo.RecordHeader{Key: KafkaUUIDHeader, Value: stringBytes(msg.UUID)})
 	for k, v := range msg.Metadata {
-		headers = append(headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		headers = append(headers, kgo.RecordHeader{Key: k, Value: stringBytes(v)})
 	}
 	rec := &kgo.Record{Topic: topic, Value: msg.Payload, Headers: headers}
 	if key := msg.Metadata.Get(task.MetaPartitionKey); key != "" {
-		rec.Key = []byte(key)
+		rec.Key = stringBytes(key)
 	}
 	return rec, nil
+}
+
+// stringBytes views s as bytes without copying it: a record's header values
+// are only read (encoded into the produce request), and a copy of each of a
+// message's metadata values was a third of the allocations of producing it.
+func stringBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // unmarshalRecord maps a record from any producer (kcat, Java clients,
