@@ -52,14 +52,30 @@ func stringBytes(s string) []byte {
 // key when it is poisoned and replayed. It never fails: a record is never
 // stuck for its form.
 func unmarshalRecord(rec *kgo.Record) *message.Message {
+	// One string holds every header value, each a substring of it: one
+	// allocation per record instead of one per header. It holds nothing
+	// else, so a value kept long (a task id in the de-duplication store)
+	// keeps only this record's header values alive, not the fetch buffer.
+	size := 0
+	for _, h := range rec.Headers {
+		size += len(h.Value)
+	}
+	buf := make([]byte, 0, size)
+	for _, h := range rec.Headers {
+		buf = append(buf, h.Value...)
+	}
+	values := unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
 	var id string
 	md := make(message.Metadata, len(rec.Headers)+1)
+	at := 0
 	for _, h := range rec.Headers {
+		v := values[at : at+len(h.Value)]
+		at += len(h.Value)
 		if h.Key == KafkaUUIDHeader {
-			id = string(h.Value)
+			id = v
 			continue
 		}
-		md[h.Key] = string(h.Value)
+		md[h.Key] = v
 	}
 	if id == "" {
 		id = foreignRecordID(rec.Topic, rec.Partition, rec.Offset)
