@@ -45,6 +45,7 @@ const (
 // *Recorder, which records nothing.
 type Recorder struct {
 	store      *Store
+	w          batchWriter
 	log        *slog.Logger
 	queue      chan record
 	batchSize  int
@@ -58,6 +59,13 @@ type Recorder struct {
 	stopOnce sync.Once
 	stop     chan struct{}
 	done     chan struct{}
+}
+
+// batchWriter is where the recorder writes: the Store (tests wrap it to
+// simulate an outage).
+type batchWriter interface {
+	write(ctx context.Context, batch []record) error
+	Ping(ctx context.Context) error
 }
 
 type recorderMetrics struct {
@@ -74,12 +82,17 @@ func NewRecorder(store *Store, reg prometheus.Registerer, log *slog.Logger) (*Re
 	if store == nil {
 		panic("history.NewRecorder: nil store")
 	}
+	return newRecorder(store, store, reg, log)
+}
+
+func newRecorder(store *Store, w batchWriter, reg prometheus.Registerer, log *slog.Logger) (*Recorder, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	cfg := store.cfg
 	r := &Recorder{
 		store:      store,
+		w:          w,
 		log:        log,
 		queue:      make(chan record, cfg.QueueSize),
 		batchSize:  cfg.BatchSize,
@@ -294,7 +307,7 @@ func (r *Recorder) writeBatch(batch []record) {
 	var lastWarn time.Time
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		err := r.store.write(ctx, batch)
+		err := r.w.write(ctx, batch)
 		if err == nil {
 			cancel()
 			r.metrics.written.Add(float64(n))
@@ -305,7 +318,7 @@ func (r *Recorder) writeBatch(batch []record) {
 			return
 		}
 		r.metrics.up.Set(0)
-		pingErr := r.store.Ping(ctx)
+		pingErr := r.w.Ping(ctx)
 		cancel()
 		stopping := r.stopping()
 		switch {

@@ -133,14 +133,14 @@ func (s *Store) writeEvent(ctx context.Context, st *statements, o *EventOutcome)
 		errText = o.Err.Error()
 	}
 	at := micros(o.At)
-	if _, err := st.event.ExecContext(ctx, ev.MessageID, ev.EventType, ev.Source, corr, at, at,
-		excerpt(o.Raw, s.cfg.MaxPayloadBytes), len(o.Raw), errText, string(rulesJSON), more); err != nil {
+	if _, err := st.event.ExecContext(ctx, textArgs(ev.MessageID, ev.EventType, ev.Source, corr, at, at,
+		excerpt(o.Raw, s.cfg.MaxPayloadBytes), len(o.Raw), errText, string(rulesJSON), more)...); err != nil {
 		return fmt.Errorf("event %s: %w", ev.MessageID, err)
 	}
 	for i := range o.Tasks {
 		t := &o.Tasks[i]
-		if _, err := st.taskCreated.ExecContext(ctx, t.TaskID, t.TaskName, t.TaskType, t.RuleID, t.EventID,
-			t.EventType, t.Priority, corr, micros(t.CreatedAt), at); err != nil {
+		if _, err := st.taskCreated.ExecContext(ctx, textArgs(t.TaskID, t.TaskName, t.TaskType, t.RuleID, t.EventID,
+			t.EventType, t.Priority, corr, micros(t.CreatedAt), at)...); err != nil {
 			return fmt.Errorf("task %s: %w", t.TaskID, err)
 		}
 	}
@@ -155,18 +155,19 @@ func writeAttempt(ctx context.Context, st *statements, a *TaskAttempt, now int64
 	}
 	started, finished := micros(res.StartedAt), micros(res.FinishedAt)
 	if !a.Final {
-		if _, err := st.retry.ExecContext(ctx, res.TaskID, res.Attempts, started, finished, res.Error); err != nil {
+		if _, err := st.retry.ExecContext(ctx, textArgs(res.TaskID, res.Attempts, started, finished, res.Error)...); err != nil {
 			return fmt.Errorf("retry of task %s: %w", res.TaskID, err)
 		}
-		_, err := st.taskRetrying.ExecContext(ctx, res.TaskID, res.TaskName, res.TaskType, res.RuleID, res.EventID,
-			corr, res.Attempts, started, now, res.Error)
+		_, err := st.taskRetrying.ExecContext(ctx, textArgs(res.TaskID, res.TaskName, res.TaskType, res.RuleID,
+			res.EventID, corr, res.Attempts, started, now, res.Error)...)
 		if err != nil {
 			return fmt.Errorf("task %s: %w", res.TaskID, err)
 		}
 		return nil
 	}
-	_, err := st.taskFinal.ExecContext(ctx, res.TaskID, res.TaskName, res.TaskType, res.RuleID, res.EventID, corr,
-		string(res.Status), res.Attempts, started, now, started, finished, res.DurationMs, res.Output, res.Error, a.PoisonKind)
+	_, err := st.taskFinal.ExecContext(ctx, textArgs(res.TaskID, res.TaskName, res.TaskType, res.RuleID, res.EventID,
+		corr, string(res.Status), res.Attempts, started, now, started, finished, res.DurationMs, res.Output, res.Error,
+		a.PoisonKind)...)
 	if err != nil {
 		return fmt.Errorf("task %s: %w", res.TaskID, err)
 	}
@@ -195,4 +196,15 @@ func excerpt(b []byte, n int) string {
 		b = b[:cut]
 	}
 	return strings.ToValidUTF8(string(b), "\uFFFD")
+}
+
+// textArgs replaces NUL characters in string arguments: PostgreSQL refuses
+// them in TEXT, and task output or event ids (a JSON "\u0000") may hold them.
+func textArgs(args ...any) []any {
+	for i, a := range args {
+		if s, ok := a.(string); ok && strings.IndexByte(s, 0) >= 0 {
+			args[i] = strings.ReplaceAll(s, "\x00", "\uFFFD")
+		}
+	}
+	return args
 }
