@@ -200,4 +200,3 @@ func (s *Server) poisonItem(pm broker.PoisonMessage) PoisonItem {
 	return PoisonItem{Position: pm.Position, UUID: pm.Message.UUID, ReasonKind: pm.ReasonKind(), Reason: pm.Reason(),
 		Origin: pm.Origin(), Handler: pm.Handler(), Metadata: md, Payload: pm.Message.Payload}
 }
-
