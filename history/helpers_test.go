@@ -59,3 +59,5 @@ func mustEvent(t *testing.T, raw string) *event.Event {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func parseEvent(raw string) (*event.Event, error) { return event.Parse([]byte(raw)) }

@@ -36,7 +36,6 @@ var migrations = []migration{
 				output TEXT NOT NULL, error TEXT NOT NULL, poison_kind TEXT NOT NULL)`,
 			`CREATE INDEX tasks_event ON tasks (event_id)`,
 			`CREATE INDEX tasks_created ON tasks (created_at, task_id)`,
-			`CREATE INDEX tasks_status ON tasks (status, created_at)`,
 			`CREATE INDEX tasks_rule ON tasks (rule_id, created_at)`,
 			`CREATE TABLE task_retries (
 				task_id TEXT NOT NULL, attempt BIGINT NOT NULL, started_at BIGINT NOT NULL,
@@ -68,7 +67,6 @@ var migrations = []migration{
 				output TEXT NOT NULL, error TEXT NOT NULL, poison_kind TEXT NOT NULL)`,
 			`CREATE INDEX tasks_event ON tasks (event_id)`,
 			`CREATE INDEX tasks_created ON tasks (created_at, task_id)`,
-			`CREATE INDEX tasks_status ON tasks (status, created_at)`,
 			`CREATE INDEX tasks_rule ON tasks (rule_id, created_at)`,
 			`CREATE TABLE task_retries (
 				task_id TEXT NOT NULL, attempt BIGINT NOT NULL, started_at BIGINT NOT NULL,

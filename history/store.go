@@ -30,6 +30,8 @@ type Store struct {
 	db      *sql.DB
 	dialect dialect
 	cfg     Config
+	// fullChunk holds the prepared upsert of rowsPerStatement rows, by table.
+	fullChunk map[string]*sql.Stmt
 }
 
 // Open connects to the store cfg names, creating the SQLite file and its
@@ -65,6 +67,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := s.migrate(ctx); err != nil {
 		_ = s.db.Close()
 		return nil, fmt.Errorf("migrate %s history store %s: %w", cfg.Store, s.where(), err)
+	}
+	if err := s.prepareChunks(ctx); err != nil {
+		_ = s.db.Close()
+		return nil, err
 	}
 	return s, nil
 }
