@@ -16,6 +16,7 @@ have kcat || need="$need kcat"
 have amqp-publish || need="$need amqp-tools"
 have redis-server || need="$need redis-server"
 have pg_ctlcluster || need="$need postgresql"
+have chromium || need="$need chromium"
 if [ -n "$need" ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: missing:$need — install them (apt-get install -y$need) or run as root" >&2
