@@ -175,3 +175,22 @@ func TestRecorder_nil_records_nothing(t *testing.T) {
 	assert.NoError(t, r.Flush(t.Context()))
 	assert.NoError(t, r.Close(t.Context()))
 }
+
+func TestRecorder_record_does_not_allocate_on_the_hot_path(t *testing.T) {
+	s := openSQLiteStore(t, Config{QueueSize: 1 << 16, FlushInterval: time.Hour, BatchSize: 1 << 16})
+	r, err := NewRecorder(s, nil, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	set := quickStartRules(t)
+	ev := mustEvent(t, orderEvent)
+	tasks, err := set.Match(ev)
+	require.NoError(t, err)
+	raw := []byte(orderEvent)
+	a := attempt(1)
+	at := time.Now()
+	allocs := testing.AllocsPerRun(1000, func() {
+		r.RecordEvent(EventOutcome{Event: ev, Raw: raw, Rules: set, Tasks: tasks, At: at})
+		r.RecordAttempt(a)
+	})
+	assert.Zero(t, allocs, "queueing a record copies it into the channel and allocates nothing")
+}
