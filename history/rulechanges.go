@@ -11,6 +11,9 @@ import (
 
 // AppendRuleChanges stores rule change records in one transaction. It
 // implements rulestore.ChangeLog: the rules store calls it for every change.
+// A record is stored once per (rule, version, action): replicas that apply
+// the same change from a shared rules log, or record it again after a
+// restart, add nothing.
 func (s *Store) AppendRuleChanges(ctx context.Context, recs ...rulestore.ChangeRecord) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -38,7 +41,7 @@ func insertChange[R interface{ RowsAffected() (int64, error) }](ctx context.Cont
 		}
 	}
 	_, err = exec(ctx, s.q(`INSERT INTO rule_changes (rule_id, version, action, via, actor, at, changed, restores, rule)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`), r.RuleID, r.Version, r.Action, r.Via, r.Actor, micros(r.At),
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rule_id, version, action) DO NOTHING`), r.RuleID, r.Version, r.Action, r.Via, r.Actor, micros(r.At),
 		string(changed), r.Restores, string(rule))
 	if err != nil {
 		return fmt.Errorf("record change of rule %s v%d: %w", r.RuleID, r.Version, err)

@@ -209,9 +209,11 @@ func TestStore_rule_history_in_order_with_whole_rules(t *testing.T) {
 		require.NoError(t, s.RecordLoadedRules(t.Context(), []rules.Rule{r1}, func(r rules.Rule) rulestore.ChangeRecord {
 			return rulestore.ChangeRecord{RuleID: r.RuleID, Version: r.Version, Action: "load", Actor: "file", At: at, Rule: &r}
 		}))
-		require.NoError(t, s.AppendRuleChanges(t.Context(),
-			rulestore.ChangeRecord{RuleID: "r", Version: 2, Action: "update", Actor: "ops", At: at, Changed: []string{"condition"}, Rule: &r2},
+		update := rulestore.ChangeRecord{RuleID: "r", Version: 2, Action: "update", Actor: "ops", At: at, Changed: []string{"condition"}, Rule: &r2}
+		require.NoError(t, s.AppendRuleChanges(t.Context(), update,
 			rulestore.ChangeRecord{RuleID: "r", Version: 2, Action: "delete", Actor: "ops", At: at, Rule: &r2}))
+		// The same change applied again (another replica, a replayed rules log) adds nothing.
+		require.NoError(t, s.AppendRuleChanges(t.Context(), update))
 		// Recording the loaded rules again adds nothing for versions it knows.
 		require.NoError(t, s.RecordLoadedRules(t.Context(), []rules.Rule{r1}, func(r rules.Rule) rulestore.ChangeRecord {
 			return rulestore.ChangeRecord{RuleID: r.RuleID, Version: r.Version, Action: "load", At: at, Rule: &r}

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -157,7 +156,6 @@ func (p *Pipeline) addPoisonKeeper(router *message.Router) error {
 type historyDeadLetters struct {
 	store *history.Store
 	pub   message.Publisher
-	log   *slog.Logger
 }
 
 // ListPoison implements broker.DeadLetters.
@@ -217,7 +215,7 @@ func (p *Pipeline) apiDeps() api.Deps {
 	if dl, ok := p.broker.(broker.DeadLetters); ok {
 		d.DeadLetters = dl
 	} else if p.history != nil && p.cfg.Broker.Kind == config.BrokerEmbedded {
-		d.DeadLetters = historyDeadLetters{store: p.history, pub: p.broker.Publisher(), log: p.log}
+		d.DeadLetters = historyDeadLetters{store: p.history, pub: p.broker.Publisher()}
 	}
 	return d
 }
