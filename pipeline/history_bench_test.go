@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,17 +16,18 @@ import (
 
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
-	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/pipeline"
 )
 
-// benchPipelineHistory is embedded/pipeline with the SQLite history on, as
-// `make run` ships it. With untilWritten the clock stops only once the
+// benchPipelineHistory is embedded/pipeline with the history in store
+// (none for the baseline of the same code path; sqlite as `make run`
+// ships it), reporting CPU per event too (process CPU time: every
+// goroutine, the writer's included). With untilWritten the clock stops only once the
 // history holds every record (FlushHistory), so the writer's work is all
 // counted; without, it stops when the last result is out, as for
 // embedded/pipeline, and the writer's work so far competes for the CPU.
 // Records dropped for a full queue are reported as dropped/op.
-func benchPipelineHistory(b *testing.B, untilWritten bool) {
+func benchPipelineHistory(b *testing.B, store string, untilWritten bool) {
 	dir := b.TempDir()
 	rulesFile := filepath.Join(dir, "rules.yaml")
 	require.NoError(b, os.WriteFile(rulesFile, []byte(benchRules), 0o600))
@@ -34,7 +36,7 @@ func benchPipelineHistory(b *testing.B, untilWritten bool) {
 	cfg.Rules.File = rulesFile
 	cfg.Dedup.MaxEntries = b.N + 1
 	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.History.Store = history.StoreSQLite
+	cfg.History.Store = store
 	brk := broker.NewEmbedded(cfg.Broker.Embedded, watermill.NopLogger{})
 	defer brk.Close()
 	debug := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -57,6 +59,7 @@ func benchPipelineHistory(b *testing.B, untilWritten bool) {
 	events := benchEvents(b.N)
 
 	b.ReportAllocs()
+	cpu := processCPU()
 	b.ResetTimer()
 	for i := 0; i < len(events); i += 500 {
 		require.NoError(b, p.PublishEvents(ctx, events[i:min(i+500, len(events))]))
@@ -64,11 +67,15 @@ func benchPipelineHistory(b *testing.B, untilWritten bool) {
 	<-done
 	if !untilWritten {
 		b.StopTimer()
+		b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
 	}
 	flushCtx, stop := context.WithTimeout(ctx, 5*time.Minute)
 	require.NoError(b, p.FlushHistory(flushCtx))
 	stop()
-	b.StopTimer()
+	if untilWritten {
+		b.StopTimer()
+		b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+	}
 	mfs, err := p.Registry().Gather()
 	require.NoError(b, err)
 	var dropped float64
@@ -82,4 +89,14 @@ func benchPipelineHistory(b *testing.B, untilWritten bool) {
 	b.ReportMetric(dropped/float64(b.N), "dropped/op")
 	cancel()
 	require.NoError(b, <-runDone)
+}
+
+// processCPU is the CPU time (user + system) the process has used, in ns:
+// the pipeline's and the history writer's goroutines alike.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
