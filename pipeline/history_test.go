@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 	"github.com/eventpipe/eventpipe/api"
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/executor"
 	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/history/historytest"
 	"github.com/eventpipe/eventpipe/pipeline"
@@ -396,4 +400,36 @@ func TestHistory_off_answers_501(t *testing.T) {
 		assert.Equal(t, http.StatusNotImplemented, d.getJSON(t, path, nil), path)
 	}
 	assert.NoError(t, d.p.FlushHistory(t.Context()))
+}
+
+func TestHistory_records_each_retry_and_the_final_result(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	flaky := executor.Func(func(context.Context, *task.Task) ([]byte, error) {
+		if calls.Add(1) <= 2 {
+			return nil, errors.New("temporary glitch " + strconv.Itoa(int(calls.Load())))
+		}
+		return []byte("ok"), nil
+	})
+	dir := t.TempDir()
+	h := newHarness(t, func(c *config.Config) {
+		c.DataDir, c.History.Store, c.History.FlushInterval = dir, history.StoreSQLite, 5*time.Millisecond
+	}, map[string]executor.Executor{"flaky": flaky})
+	res := h.watch("task-results")
+	h.publish(ev("f1", "flaky.test"))
+	res.waitFor(t, 1)
+	require.NoError(t, h.p.FlushHistory(t.Context()))
+
+	got, err := h.p.History().Task(t.Context(), task.ID("f1", "flaky"))
+	require.NoError(t, err)
+	assert.Equal(t, "SUCCEEDED", got.Status)
+	assert.Equal(t, 3, got.Attempts)
+	assert.Equal(t, "ok", got.Output)
+	assert.Empty(t, got.Error, "the final result's error, not a retry's")
+	require.Len(t, got.Retries, 2)
+	assert.Equal(t, []int{1, 2}, []int{got.Retries[0].Attempt, got.Retries[1].Attempt})
+	assert.Equal(t, "temporary glitch 1", got.Retries[0].Error)
+	evGot, err := h.p.History().Event(t.Context(), "f1")
+	require.NoError(t, err)
+	assert.Equal(t, "trace-f1", evGot.CorrelationID)
 }
