@@ -311,7 +311,7 @@ type History struct {
 	// QueueSize bounds the records waiting to be written; past it records
 	// are dropped (history_records_dropped_total), the pipeline never waits. Default 16384.
 	QueueSize int `yaml:"queue_size"`
-	// BatchSize is the most records per write transaction. Default 512.
+	// BatchSize is the most records per write transaction. Default 2048.
 	BatchSize int `yaml:"batch_size"`
 	// FlushInterval is the longest a record waits to be written. Default 200ms.
 	FlushInterval time.Duration `yaml:"flush_interval"`

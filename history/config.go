@@ -33,7 +33,7 @@ const (
 	// new records are dropped (counted and logged), never waited for.
 	DefaultQueueSize = 16384
 	// DefaultBatchSize is the most records written in one transaction.
-	DefaultBatchSize = 512
+	DefaultBatchSize = 2048
 	// DefaultFlushInterval is the longest a record waits for its batch.
 	DefaultFlushInterval = 200 * time.Millisecond
 	// DefaultMaxAge is how long history is kept.

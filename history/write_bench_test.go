@@ -2,6 +2,7 @@ package history
 
 import (
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,9 +29,11 @@ func benchWrite(b *testing.B, s *Store) {
 	set, err := rules.Compile([]rules.Rule{{RuleID: "bench-log", EventType: "order.created",
 		Condition: "payload.amount > 100", TaskName: "log-${payload.orderId}", TaskType: "log"}})
 	require.NoError(b, err)
-	const perBatch = 170 // ≈ 512 records
+	perBatch := DefaultBatchSize / 3 // events of a full batch (three records each)
 	var batch []record
 	b.ReportAllocs()
+	var ru0 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	b.ResetTimer()
 	for i := range b.N {
 		raw := fmt.Sprintf(`{"messageId":"bench-%d","eventType":"order.created","source":"bench","payload":{"orderId":"o-%d","amount":%d},"metadata":{"traceId":"t-%d"}}`, i, i, 200+i%1000, i)
@@ -49,4 +52,9 @@ func benchWrite(b *testing.B, s *Store) {
 			batch = batch[:0]
 		}
 	}
+	b.StopTimer()
+	var ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+	b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
 }
