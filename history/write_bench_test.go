@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventpipe/eventpipe/history/historytest"
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/task"
 )
@@ -19,6 +20,12 @@ func BenchmarkStoreWrite(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) {
 		cfg := Config{Store: StoreSQLite, Path: b.TempDir() + "/h.db"}
 		s, err := Open(b.Context(), cfg)
+		require.NoError(b, err)
+		defer s.Close()
+		benchWrite(b, s)
+	})
+	b.Run("postgres", func(b *testing.B) {
+		s, err := Open(b.Context(), Config{Store: StorePostgres, PostgresURL: historytest.Schema(b)})
 		require.NoError(b, err)
 		defer s.Close()
 		benchWrite(b, s)
