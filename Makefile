@@ -43,11 +43,15 @@ examples:
 bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkEngineMatch|BenchmarkCondition' -benchmem ./rules/
 	$(GO) test -run '^$$' -bench 'BenchmarkParse' -benchmem ./event/
+	$(GO) test -run '^$$' -bench 'BenchmarkStoreWrite' -benchmem -benchtime 20000x ./history/
 	$(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 20000x ./pipeline/ | tee /tmp/eventpipe-bench.txt
 	@awk '/BenchmarkEndToEnd\/embedded\/pipeline-/ {p=$$3} /BenchmarkEndToEnd\/embedded\/pipeline_metrics_off/ {o=$$3} \
 	  /BenchmarkEndToEnd\/embedded\/raw_router/ {r=$$3} \
+	  /BenchmarkEndToEnd\/embedded\/pipeline_history_off-/ {f=$$3} /BenchmarkEndToEnd\/embedded\/pipeline_history-/ {h=$$3} \
+	  /BenchmarkEndToEnd\/embedded\/pipeline_history_written-/ {w=$$3} \
 	  END { if (p && r) printf "embedded pipeline/raw_router time ratio: %.2fx (pipeline %s ns/op, raw %s ns/op)\n", p/r, p, r; \
-	        if (p && o) printf "embedded metrics off/on speed ratio: %.2f\n", o/p }' /tmp/eventpipe-bench.txt
+	        if (p && o) printf "embedded metrics off/on speed ratio: %.2f\n", o/p; \
+	        if (f && h) printf "embedded history on/off speed ratio: %.2f (written in the background), %.2f (until written)\n", f/h, f/w }' /tmp/eventpipe-bench.txt
 	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
 	  $(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 10000x ./integration/
 	$(MAKE) bench-kafka

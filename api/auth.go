@@ -92,7 +92,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
-			if !strings.HasPrefix(r.URL.Path, rulesPath) {
+			if !readNeedsToken(r.URL.Path) {
 				next.ServeHTTP(w, r)
 				return
 			}
@@ -114,6 +114,19 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenNameKey{}, name)))
 	})
+}
+
+// readNeedsToken reports whether reading path needs the token: rules (their
+// parameters may hold credentials), history (event payloads, task output)
+// and poison messages. The console's static files hold no data and stay
+// open; the console sends the token with every API call it makes.
+func readNeedsToken(path string) bool {
+	for _, prefix := range []string{rulesPath, "/api/v1/events/", "/api/v1/tasks", "/api/v1/dlq"} {
+		if strings.HasPrefix(path, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 type tokenNameKey struct{}

@@ -140,6 +140,15 @@ type Deps struct {
 	// Rules backs the rules CRUD endpoints and dry runs against the live
 	// rule set; nil answers those endpoints with 501.
 	Rules RuleStore
+	// History backs the event timeline, task history and rule history
+	// endpoints; nil answers them with 501.
+	History History
+	// DeadLetters backs the poison message endpoints; nil answers 501.
+	DeadLetters DeadLetters
+	// PoisonTopics are the poison topics the DLQ endpoints serve, and
+	// PoisonSuffix what makes a topic's poison topic name.
+	PoisonTopics []string
+	PoisonSuffix string
 }
 
 // Server is the HTTP server. Create it with New.
@@ -210,6 +219,14 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/task-trigger-rules/{ruleId}", s.withStore(s.handleDeleteRule))
 	mux.HandleFunc("POST /api/v1/task-trigger-rules/{ruleId}/enable", s.withStore(s.handleEnableRule(true)))
 	mux.HandleFunc("POST /api/v1/task-trigger-rules/{ruleId}/disable", s.withStore(s.handleEnableRule(false)))
+	mux.HandleFunc("GET /api/v1/task-trigger-rules/{ruleId}/history", s.withHistory(s.handleRuleHistory))
+	mux.HandleFunc("POST /api/v1/task-trigger-rules/{ruleId}/rollback", s.withStore(s.withHistory(s.handleRollback)))
+	mux.HandleFunc("GET /api/v1/events/{id}", s.withHistory(s.handleGetEvent))
+	mux.HandleFunc("GET /api/v1/tasks/{id}", s.withHistory(s.handleGetTask))
+	mux.HandleFunc("GET /api/v1/tasks", s.withHistory(s.handleListTasks))
+	mux.HandleFunc("GET /api/v1/dlq", s.withDeadLetters(s.handleListPoison))
+	mux.HandleFunc("POST /api/v1/dlq/replay", s.withDeadLetters(s.handleReplayPoison))
+	s.routeConsole(mux)
 
 	var h http.Handler = jsonMuxErrors(mux)
 	h = s.authenticate(h)

@@ -40,6 +40,11 @@ type Config struct {
 	Executors Executors `yaml:"executors"`
 	Log       Log       `yaml:"log"`
 	Metrics   Metrics   `yaml:"metrics"`
+	History   History   `yaml:"history"`
+	// DataDir is where eventpipe keeps its files (the SQLite history
+	// database). Default "data", relative to the working directory.
+	// Env EVENTPIPE_DATA_DIR.
+	DataDir string `yaml:"data_dir"`
 	// ShutdownTimeout bounds a graceful shutdown. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
@@ -299,6 +304,37 @@ type Metrics struct {
 	Enabled bool `yaml:"enabled"`
 }
 
+// History configures the lineage store: what happened to each event and
+// task, the rule history and, on the embedded broker, the poison messages.
+// The history package owns the defaults (zero values take them) and checks.
+type History struct {
+	// Store is none, sqlite (<data_dir>/history.db) or postgres (several
+	// replicas share it). Default none; config/eventpipe.yaml uses sqlite.
+	Store string `yaml:"store"`
+	// PostgresURL is postgres://user:pass@host:5432/db for store postgres.
+	PostgresURL string `yaml:"postgres_url"`
+	// QueueSize bounds the records waiting to be written; past it records
+	// are dropped (history_records_dropped_total), the pipeline never waits. Default 16384.
+	QueueSize int `yaml:"queue_size"`
+	// BatchSize is the most records per write transaction. Default 2048.
+	BatchSize int `yaml:"batch_size"`
+	// FlushInterval is the longest a record waits to be written. Default 200ms.
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// MaxPayloadBytes is how much of each event is kept. Default 8 KiB.
+	MaxPayloadBytes int              `yaml:"max_payload_bytes"`
+	Retention       HistoryRetention `yaml:"retention"`
+}
+
+// HistoryRetention bounds the history by age and size, pruned in the background.
+type HistoryRetention struct {
+	// MaxAge is how long events and tasks are kept. Default 168h (7 days).
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxEvents is how many events (with their tasks) are kept. Default 1000000.
+	MaxEvents int `yaml:"max_events"`
+	// PruneInterval is how often retention runs. Default 1m.
+	PruneInterval time.Duration `yaml:"prune_interval"`
+}
+
 // Default returns the built-in defaults: embedded broker, HTTP on
 // 127.0.0.1:8080, no rules, no shell commands or HTTP hosts allowed.
 func Default() *Config {
@@ -354,6 +390,7 @@ func Default() *Config {
 		},
 		Log:             Log{Level: "info", Format: "text"},
 		Metrics:         Metrics{Enabled: true},
+		DataDir:         "data",
 		ShutdownTimeout: 30 * time.Second,
 	}
 }

@@ -15,6 +15,7 @@ import (
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventpipe/eventpipe/executor"
+	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/middleware"
 	"github.com/eventpipe/eventpipe/permanent"
@@ -41,6 +42,8 @@ type Executor struct {
 	Abort   context.Context
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
+	// History records each finished attempt; nil records nothing.
+	History TaskHistory
 
 	// unpublished holds, by task id, outcomes whose result could not be
 	// published yet, so a retry, a redelivery or a replay from the poison
@@ -48,6 +51,12 @@ type Executor struct {
 	// lives until its result is published; at most maxUnpublished are kept.
 	unpublished  sync.Map // string → *outcome
 	nUnpublished atomic.Int64
+}
+
+// TaskHistory records finished task attempts, for the task's history;
+// *history.Recorder is one. RecordAttempt must never block.
+type TaskHistory interface {
+	RecordAttempt(a history.TaskAttempt)
 }
 
 // maxUnpublished bounds the outcomes kept while results cannot be published
@@ -110,6 +119,12 @@ func (h *Executor) Handle(msg *message.Message) error {
 		return err
 	}
 	if err != nil && !final && !permanent.Is(err) {
+		if h.History != nil {
+			h.History.RecordAttempt(history.TaskAttempt{Result: task.Result{
+				TaskID: t.TaskID, TaskName: t.TaskName, TaskType: t.TaskType, RuleID: t.RuleID, EventID: t.EventID,
+				TraceID: t.TraceID, Status: task.StatusFailed, Attempts: attempt, StartedAt: started.UTC(),
+				FinishedAt: finished.UTC(), DurationMs: finished.Sub(started).Milliseconds(), Error: err.Error()}})
+		}
 		if h.Logger.Enabled(ctx, slog.LevelDebug) {
 			log().DebugContext(ctx, "task failed, will retry", "attempt", attempt, "error", err)
 		}
@@ -130,6 +145,9 @@ func (h *Executor) Handle(msg *message.Message) error {
 		log().DebugContext(ctx, "task succeeded", "attempt", attempt, "duration_ms", res.DurationMs)
 	}
 	h.Metrics.TaskExecuted(typeLabel, string(res.Status), finished.Sub(started))
+	if h.History != nil {
+		h.History.RecordAttempt(history.TaskAttempt{Result: res, Final: true, PoisonKind: history.PoisonKindOf(err)})
+	}
 	return h.finish(msg, &outcome{res: res, err: err}, final)
 }
 

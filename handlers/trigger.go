@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventpipe/eventpipe/event"
+	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/task"
@@ -33,6 +35,14 @@ type Trigger struct {
 	TasksTopic string
 	Metrics    *metrics.Metrics
 	Logger     *slog.Logger
+	// History records what each event did; nil records nothing.
+	History EventHistory
+}
+
+// EventHistory records what the trigger did with an event, for the event's
+// timeline; *history.Recorder is one. RecordEvent must never block.
+type EventHistory interface {
+	RecordEvent(o history.EventOutcome)
 }
 
 // Handle decodes the event, matches it against the current rule set and
@@ -71,6 +81,11 @@ func (t *Trigger) Handle(msg *message.Message) error {
 		for i := range tasks {
 			t.Metrics.TaskTriggered(tasks[i].RuleID, tasks[i].TaskType)
 		}
+	}
+	if t.History != nil {
+		// After the publish: an event whose tasks could not be published is
+		// retried, and recorded when it gets through.
+		t.History.RecordEvent(history.EventOutcome{Event: ev, Raw: msg.Payload, Tasks: tasks, Err: matchErr, At: time.Now()})
 	}
 	if t.Logger.Enabled(msg.Context(), slog.LevelDebug) {
 		t.Logger.DebugContext(msg.Context(), "event matched",

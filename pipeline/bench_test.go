@@ -18,6 +18,7 @@ import (
 	"github.com/eventpipe/eventpipe/api"
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/pipeline"
 )
 
@@ -36,12 +37,18 @@ const benchRules = `taskTriggerRules:
 //
 //	embedded/pipeline              event → rule → task → log executor (debug) → result
 //	embedded/pipeline_metrics_off  the same with metrics.enabled=false
+//	embedded/pipeline_history_off  the history benchmark's baseline: history.store none, CPU per event
+//	embedded/pipeline_history      the same with the SQLite history on (written in the background)
+//	embedded/pipeline_history_written  the same, the clock running until the history is written
 //	embedded/raw_router            one handler that acks, no rules, no tasks
 //
 // ns/op is per event.
 func BenchmarkEndToEnd(b *testing.B) {
 	b.Run("embedded/pipeline", func(b *testing.B) { benchPipeline(b, true) })
 	b.Run("embedded/pipeline_metrics_off", func(b *testing.B) { benchPipeline(b, false) })
+	b.Run("embedded/pipeline_history_off", func(b *testing.B) { benchPipelineHistory(b, history.StoreNone, false) })
+	b.Run("embedded/pipeline_history", func(b *testing.B) { benchPipelineHistory(b, history.StoreSQLite, false) })
+	b.Run("embedded/pipeline_history_written", func(b *testing.B) { benchPipelineHistory(b, history.StoreSQLite, true) })
 	b.Run("embedded/raw_router", benchRawRouter)
 }
 

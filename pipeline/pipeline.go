@@ -28,6 +28,7 @@ import (
 	"github.com/eventpipe/eventpipe/event"
 	"github.com/eventpipe/eventpipe/executor"
 	"github.com/eventpipe/eventpipe/handlers"
+	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/middleware"
 	"github.com/eventpipe/eventpipe/rules"
@@ -49,6 +50,9 @@ type Pipeline struct {
 	executors *executor.Registry
 	router    *message.Router
 	server    *api.Server
+	// history and recorder are nil when history.store is none.
+	history  *history.Store
+	recorder *history.Recorder
 
 	// abort ends running tasks at the drain deadline (see Executor.Abort).
 	abortCtx context.Context
@@ -70,7 +74,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	if cfg == nil {
 		panic("pipeline.New: nil config")
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), historyConfig(cfg).Validate()); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
 	var o options
@@ -94,9 +98,18 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	if p.executors, err = buildExecutors(cfg, p.log, o.executors); err != nil {
 		return nil, err
 	}
-	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, p.executors.Names()); err != nil {
+	if err = p.openHistory(); err != nil {
 		return nil, err
 	}
+	var changes rulestore.ChangeLog
+	if p.history != nil {
+		changes = p.history
+	}
+	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, p.executors.Names(), changes); err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	p.recordLoadedRules()
 	p.engine = p.rules.Engine()
 	// Watermill logs some per-message events at Info (e.g. GoChannel's "No
 	// subscribers to send message"); eventpipe keeps Info for lifecycle lines.
@@ -122,8 +135,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		WriteTimeout:    cfg.HTTP.WriteTimeout,
 		IdleTimeout:     cfg.HTTP.IdleTimeout,
 		ShutdownTimeout: drainTime(cfg.ShutdownTimeout),
-	}, api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
-		Rules: p.rules, RuleOptions: ruleOptions(p.executors.Names())})
+	}, p.apiDeps())
 	if err != nil {
 		_ = p.Close()
 		return nil, err
@@ -182,6 +194,9 @@ func (p *Pipeline) buildRouter(wlog watermill.LoggerAdapter, o *options) error {
 		Metrics:    p.metrics,
 		Logger:     p.log.With("handler_name", "trigger"),
 	}
+	if p.recorder != nil {
+		trigger.History = eventHistory{rec: p.recorder, engine: p.engine}
+	}
 	if err := p.addHandler(router, "trigger", cfg.Topics.Events, cfg.Trigger.Concurrency, trigger.Handle,
 		middleware.ChainConfig{Timeout: cfg.Trigger.Timeout}); err != nil {
 		return err
@@ -202,6 +217,9 @@ func (p *Pipeline) buildRouter(wlog watermill.LoggerAdapter, o *options) error {
 		Metrics:      p.metrics,
 		Logger:       p.log.With("handler_name", "executor"),
 	}
+	if p.recorder != nil {
+		exec.History = p.recorder
+	}
 	// No chain Timeout: the handler bounds each task by its own timeout.
 	if err := p.addHandler(router, "executor", cfg.Topics.Tasks, cfg.Executor.Concurrency, exec.Handle,
 		middleware.ChainConfig{Dedup: dedup, DedupKey: taskKey}); err != nil {
@@ -211,6 +229,9 @@ func (p *Pipeline) buildRouter(wlog watermill.LoggerAdapter, o *options) error {
 		if err := p.addHandler(router, h.name, h.topic, 1, h.fn, middleware.ChainConfig{}); err != nil {
 			return err
 		}
+	}
+	if err := p.addPoisonKeeper(router); err != nil {
+		return err
 	}
 	p.router = router
 	return nil

@@ -17,8 +17,10 @@ import (
 // against taskTypes, the executor registry's names, so a rule for an unknown
 // executor is refused at load, reload and API time alike. Without a file the
 // store works in memory and says so in the log.
-func openRuleStore(cfg *config.Config, log *slog.Logger, m *metrics.Metrics, taskTypes []string) (*rulestore.Store, error) {
+func openRuleStore(cfg *config.Config, log *slog.Logger, m *metrics.Metrics, taskTypes []string,
+	changes rulestore.ChangeLog) (*rulestore.Store, error) {
 	return rulestore.Open(rulestore.Config{
+		Changes: changes,
 		Path:    cfg.Rules.File,
 		Options: ruleOptions(taskTypes),
 		Logger:  log,

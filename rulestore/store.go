@@ -68,6 +68,9 @@ type Config struct {
 	// Debounce is how long a new file content must stay unchanged before it
 	// is loaded, default DefaultDebounce.
 	Debounce time.Duration
+	// Changes receives a ChangeRecord for every change (the rule history);
+	// nil keeps only the audit log line.
+	Changes ChangeLog
 }
 
 // Errors of the mutating methods; test with errors.Is or errors.As.
@@ -121,6 +124,8 @@ type Change struct {
 	// current version, or a comma-separated list of ETags of which one must
 	// be the rule's current ETag. Create ignores it.
 	IfMatch string
+	// restores is the version a rollback brings back, 0 for other changes.
+	restores int64
 }
 
 func (c Change) actor() string {
@@ -153,6 +158,7 @@ type Store struct {
 	opts     []rules.Option
 	log      *slog.Logger
 	metrics  ReloadMetrics
+	changes  ChangeLog
 	poll     time.Duration
 	debounce time.Duration
 	// now gives updatedAt; tests replace it.
@@ -184,6 +190,7 @@ func Open(cfg Config) (*Store, error) {
 		opts:     cfg.Options,
 		log:      cfg.Logger,
 		metrics:  cfg.Metrics,
+		changes:  cfg.Changes,
 		poll:     cfg.PollInterval,
 		debounce: cfg.Debounce,
 		now:      time.Now,
@@ -309,6 +316,11 @@ func (s *Store) Create(ctx context.Context, r rules.Rule, ch Change) (rules.Rule
 	if _, err := rules.Compile([]rules.Rule{r}, s.opts...); err != nil {
 		return rules.Rule{}, &InvalidError{Err: err}
 	}
+	return s.create(ctx, r, ch, "create", 1)
+}
+
+// create adds r at the end of the rule set with the given version.
+func (s *Store) create(ctx context.Context, r rules.Rule, ch Change, action string, version int64) (rules.Rule, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.syncFileLocked(ctx, true, nil); err != nil {
@@ -319,12 +331,12 @@ func (s *Store) Create(ctx context.Context, r rules.Rule, ch Change) (rules.Rule
 		return rules.Rule{}, fmt.Errorf("%w: %q", ErrExists, r.RuleID)
 	}
 	r = canonical(r)
-	r.Version, r.UpdatedAt = 1, s.stamp()
+	r.Version, r.UpdatedAt = version, s.stamp()
 	next := append(append(make([]rules.Rule, 0, len(st.rules)+1), st.rules...), r)
 	if err := s.commitLocked(next); err != nil {
 		return rules.Rule{}, err
 	}
-	s.audit(ctx, ch.actor(), "create", r, nil)
+	s.audit(ctx, ch, action, r, nil)
 	return cloneRule(r), nil
 }
 
@@ -391,7 +403,7 @@ func (s *Store) modify(ctx context.Context, id string, ch Change, action string,
 	if err := s.commitLocked(all); err != nil {
 		return rules.Rule{}, err
 	}
-	s.audit(ctx, ch.actor(), action, next, changed)
+	s.audit(ctx, ch, action, next, changed)
 	return cloneRule(next), nil
 }
 
@@ -416,7 +428,7 @@ func (s *Store) Delete(ctx context.Context, id string, ch Change) error {
 	if err := s.commitLocked(next); err != nil {
 		return err
 	}
-	s.audit(ctx, ch.actor(), "delete", cur, nil)
+	s.audit(ctx, ch, "delete", cur, nil)
 	return nil
 }
 
@@ -478,8 +490,12 @@ func (s *Store) publish(rs []rules.Rule, set *rules.Set) {
 // stamp is an updatedAt: UTC, whole seconds, so it reads as plain RFC 3339.
 func (s *Store) stamp() time.Time { return s.now().UTC().Truncate(time.Second) }
 
-// audit logs one change with who made it and which fields changed.
-func (s *Store) audit(ctx context.Context, actor, action string, r rules.Rule, changed []string) {
+// audit logs one change with who made it and which fields changed, and
+// records it in the change log.
+func (s *Store) audit(ctx context.Context, ch Change, action string, r rules.Rule, changed []string) {
+	actor := ch.actor()
+	s.record(ctx, ChangeRecord{RuleID: r.RuleID, Version: r.Version, Action: action, Actor: actor,
+		At: s.now().UTC(), Changed: changed, Restores: ch.restores, Rule: ptrTo(cloneRule(r))})
 	attrs := []slog.Attr{
 		slog.String("actor", actor),
 		slog.String("action", action),
@@ -495,6 +511,12 @@ func (s *Store) audit(ctx context.Context, actor, action string, r rules.Rule, c
 // auditAll logs each rule a whole-set change touched; op says whether the
 // rule was created, updated or deleted by it.
 func (s *Store) auditAll(ctx context.Context, actor, action string, changes []ruleChange) {
+	recs := make([]ChangeRecord, len(changes))
+	for i, c := range changes {
+		recs[i] = ChangeRecord{RuleID: c.rule.RuleID, Version: c.rule.Version, Action: c.op, Via: action,
+			Actor: actor, At: s.now().UTC(), Changed: c.changed, Rule: ptrTo(cloneRule(c.rule))}
+	}
+	s.record(ctx, recs...)
 	for _, c := range changes {
 		attrs := []slog.Attr{
 			slog.String("actor", actor),

@@ -15,6 +15,8 @@ have rabbitmq-server || need="$need rabbitmq-server"
 have kcat || need="$need kcat"
 have amqp-publish || need="$need amqp-tools"
 have redis-server || need="$need redis-server"
+have pg_ctlcluster || need="$need postgresql"
+have chromium || need="$need chromium"
 if [ -n "$need" ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: missing:$need — install them (apt-get install -y$need) or run as root" >&2
@@ -37,4 +39,17 @@ if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
 fi
 timeout 30 sh -c 'until redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; do sleep 1; done' \
   || { echo "test-deps: Redis did not start" >&2; exit 1; }
-echo "test-deps: promtool, RabbitMQ, Redis, kcat and amqp-publish ready"
+# PostgreSQL (history store tests): started, with the role and database they use, created once.
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "test-deps: starting PostgreSQL"
+  pg_lsclusters -h | while read -r ver name _; do pg_ctlcluster "$ver" "$name" start || true; done
+fi
+timeout 60 sh -c 'until pg_isready -q -h 127.0.0.1 -p 5432; do sleep 1; done' \
+  || { echo "test-deps: PostgreSQL did not start" >&2; exit 1; }
+if [ "$(id -u)" = 0 ]; then
+  runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+SELECT 'CREATE ROLE eventpipe LOGIN PASSWORD ''eventpipe''' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eventpipe')\gexec
+SELECT 'CREATE DATABASE eventpipe_test OWNER eventpipe' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'eventpipe_test')\gexec
+SQL
+fi
+echo "test-deps: promtool, RabbitMQ, Redis, PostgreSQL, kcat and amqp-publish ready"

@@ -26,10 +26,6 @@ const (
 	dlqJSONSnippet  = 512 // payload in --json
 )
 
-// errEmbeddedDLQ explains why dlq refuses the embedded broker.
-var errEmbeddedDLQ = errors.New("dlq needs a durable broker (broker.kind kafka or amqp): the embedded broker keeps " +
-	"poison messages only in the memory of the `eventpipe run` process that poisoned them, where no other process can read them")
-
 // dlqCmd lists and replays poison messages.
 func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -84,7 +80,9 @@ func (f dlqFlags) open() (dl broker.DeadLetters, topics []string, cfg *config.Co
 		return nil, nil, nil, nil, err
 	}
 	if cfg.Broker.Kind == config.BrokerEmbedded {
-		return nil, nil, nil, nil, errEmbeddedDLQ
+		// The embedded broker lives in the `eventpipe run` process, whose
+		// history keeps its poison messages: ask it over HTTP.
+		return remoteDeadLetters{c: newAPIClient(cfg, "")}, poisonTopics(cfg.Topics, *f.topics), cfg, func() {}, nil
 	}
 	b, err := broker.New(cfg.Broker, cfg.Topics, nil)
 	if err != nil {

@@ -81,14 +81,14 @@ func TestDLQ_usage_errors_exit_2(t *testing.T) {
 	}
 }
 
-func TestDLQ_refuses_the_embedded_broker_saying_why(t *testing.T) {
+func TestDLQ_on_the_embedded_broker_asks_the_running_process(t *testing.T) {
 	t.Parallel()
 	file := filepath.Join(t.TempDir(), "embedded.yaml")
-	require.NoError(t, os.WriteFile(file, []byte("broker:\n  kind: embedded\n"), 0o600))
+	require.NoError(t, os.WriteFile(file, []byte("broker:\n  kind: embedded\nhttp:\n  addr: 127.0.0.1:1\n"), 0o600))
 	for _, sub := range []string{"list", "replay"} {
 		code, _, stderr := eventpipe(t, "dlq", sub, "--config", file)
 		assert.Equal(t, 1, code, sub)
-		assert.Contains(t, stderr, "dlq needs a durable broker", sub)
+		assert.Contains(t, stderr, "is `eventpipe run` serving on http://127.0.0.1:1?", sub)
 	}
 }
 

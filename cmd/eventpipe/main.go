@@ -24,6 +24,8 @@ usage:
   eventpipe publish [--config FILE] FILE|-
   eventpipe dlq list [--config FILE] [--topic T]... [--reason R] [--limit N] [--json]
   eventpipe dlq replay [--config FILE] [--topic T]... [--reason R] [--dry-run]
+  eventpipe trace [--config FILE] [--json] EVENT_ID
+  eventpipe tasks [--config FILE] [--status S] [--rule R] [--event-type T] [--since D] [--until D] [--limit N] [--json]
   eventpipe version
 `
 
@@ -53,6 +55,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = publishCmd(ctx, args[1:], stdin, stdout, stderr)
 	case "dlq":
 		err = dlqCmd(ctx, args[1:], stdout, stderr)
+	case "trace":
+		err = traceCmd(ctx, args[1:], stdout)
+	case "tasks":
+		err = tasksCmd(ctx, args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "eventpipe %s\n", version)
 	case "help", "-h", "--help":
@@ -61,7 +67,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = fmt.Errorf("%w: unknown command %q", errUsage, args[0])
 	}
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, errHelp):
 		return 0
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "eventpipe: %v\n\n%s", err, usage)
