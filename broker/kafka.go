@@ -493,3 +493,23 @@ func (g kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	}
 	g.l.Info("kafka client: "+msg, fields)
 }
+
+// Unassigned returns the subscribed topics of which this process owns no
+// partition right now: while its consumer group (re)joins, or when the
+// group has more members than the topic has partitions (keep partitions >=
+// processes). The pipeline's readiness uses it (progress.AssignmentReporter).
+func (k *Kafka) Unassigned(context.Context) ([]string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil, ErrClosed
+	}
+	var out []string
+	for topic, c := range k.consumers {
+		if c.assigned() == 0 {
+			out = append(out, topic)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}

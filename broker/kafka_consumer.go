@@ -571,3 +571,16 @@ func (c *kafkaConsumer) close(wait time.Duration) {
 	_ = c.client.LeaveGroupContext(ctx)
 	c.client.CloseAllowingRebalance()
 }
+
+// assigned is the number of partitions this consumer owns.
+func (c *kafkaConsumer) assigned() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, p := range c.parts {
+		if !p.draining && !p.revoked {
+			n++
+		}
+	}
+	return n
+}

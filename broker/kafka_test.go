@@ -718,3 +718,40 @@ func TestKafka_records_finished_above_an_unfinished_one_do_not_run_again(t *test
 	case <-time.After(2 * time.Second):
 	}
 }
+
+// TestKafka_reports_topics_it_owns_no_partition_of: of two processes in one
+// group on a one-partition topic, exactly one owns it; the other reports the
+// topic unassigned (readiness says why it takes nothing).
+func TestKafka_reports_topics_it_owns_no_partition_of(t *testing.T) {
+	t.Parallel()
+	brokers := newKfake(t)
+	topics := testTopics(t)
+	cfg := config.Default().Broker.Kafka
+	cfg.Brokers = brokers
+	topic := "one-partition-" + watermill.NewShortUUID()
+	var ks []*Kafka
+	for range 2 {
+		k, err := NewKafka(cfg, topics, watermill.NopLogger{})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = k.Close() })
+		sub, err := k.Subscriber(topic)
+		require.NoError(t, err)
+		_, err = sub.Subscribe(t.Context(), topic)
+		require.NoError(t, err)
+		ks = append(ks, k)
+	}
+	require.Eventually(t, func() bool {
+		var unassigned [][]string
+		for _, k := range ks {
+			u, err := k.Unassigned(t.Context())
+			require.NoError(t, err)
+			unassigned = append(unassigned, u)
+		}
+		return (len(unassigned[0]) == 0) != (len(unassigned[1]) == 0)
+	}, 30*time.Second, 100*time.Millisecond, "exactly one process owns the partition")
+	for _, k := range ks {
+		if u, _ := k.Unassigned(t.Context()); len(u) > 0 {
+			assert.Equal(t, []string{topic}, u)
+		}
+	}
+}
