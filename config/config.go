@@ -42,6 +42,20 @@ type Config struct {
 	Metrics   Metrics   `yaml:"metrics"`
 	// ShutdownTimeout bounds a graceful shutdown. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// DataDir holds what the process keeps across restarts on its own
+	// disk: the marks of events being evaluated (crash evidence). Default
+	// "" means <os temp dir>/eventpipe. Env EVENTPIPE_DATA_DIR.
+	DataDir string `yaml:"data_dir"`
+	// Readiness configures /readyz.
+	Readiness Readiness `yaml:"readiness"`
+}
+
+// Readiness configures what /readyz checks beyond the router and broker.
+type Readiness struct {
+	// StallTimeout: a handler whose subscription has a backlog but has
+	// made no progress for this long makes the process not ready. 0 means
+	// the consumer package's default (2m).
+	StallTimeout time.Duration `yaml:"stall_timeout"`
 }
 
 // Broker selects and configures the message broker.
@@ -173,6 +187,34 @@ type Rules struct {
 	// File is the seed-format rules YAML. Default "" (no rules).
 	// Env EVENTPIPE_RULES_FILE.
 	File string `yaml:"file"`
+	// MaxFileBytes bounds the rules file; a larger one is refused at load.
+	// 0 means the rule store's default (16 MiB).
+	MaxFileBytes int64 `yaml:"max_file_bytes"`
+	// Budget bounds what rules may cost. Zero fields take the rules
+	// package's defaults; it checks them.
+	Budget RulesBudget `yaml:"budget"`
+}
+
+// RulesBudget is the YAML of rules.Budget: what one condition, one event
+// and one rule set may cost.
+type RulesBudget struct {
+	// ConditionMemory bounds the bytes one condition may allocate on an
+	// event of event.max_bytes, by the estimate at load. Default 64 MiB.
+	ConditionMemory int64 `yaml:"condition_memory"`
+	// ConditionTime bounds one condition's estimated time on an event of
+	// event.max_bytes. Default 1s.
+	ConditionTime time.Duration `yaml:"condition_time"`
+	// EventTime bounds the time all conditions of one event may take
+	// (estimate before, measured during); an event over it is poisoned.
+	// Default 5s.
+	EventTime time.Duration `yaml:"event_time"`
+	// MaxRegexpProgram bounds a matches pattern's RE2 program. Default 1000.
+	MaxRegexpProgram int `yaml:"max_regexp_program"`
+	// MaxRules bounds the rule count. Default 20000.
+	MaxRules int `yaml:"max_rules"`
+	// ConcurrentEvaluations bounds the events evaluated at once, dry runs
+	// included. Default GOMAXPROCS.
+	ConcurrentEvaluations int `yaml:"concurrent_evaluations"`
 }
 
 // Event configures event parsing.

@@ -67,6 +67,7 @@ func (c *Config) applyEnv(getenv func(string) string) {
 	set("EVENTPIPE_RULES_FILE", &c.Rules.File)
 	set("EVENTPIPE_LOG_LEVEL", &c.Log.Level)
 	set("EVENTPIPE_LOG_FORMAT", &c.Log.Format)
+	set("EVENTPIPE_DATA_DIR", &c.DataDir)
 	if v := getenv("EVENTPIPE_KAFKA_BROKERS"); v != "" {
 		var brokers []string
 		for b := range strings.SplitSeq(v, ",") {

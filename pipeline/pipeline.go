@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/eventpipe/eventpipe/api"
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/crashmark"
 	"github.com/eventpipe/eventpipe/event"
 	"github.com/eventpipe/eventpipe/executor"
 	"github.com/eventpipe/eventpipe/handlers"
@@ -46,6 +48,7 @@ type Pipeline struct {
 	ownBroker bool
 	engine    *rules.Engine
 	rules     *rulestore.Store
+	crashes   *crashmark.Dir
 	executors *executor.Registry
 	router    *message.Router
 	server    *api.Server
@@ -94,8 +97,20 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	if p.executors, err = buildExecutors(cfg, p.log, o.executors); err != nil {
 		return nil, err
 	}
-	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, p.executors.Names()); err != nil {
+	budget := ruleBudget(cfg)
+	if err := budget.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	ruleOpts := ruleOptions(cfg, p.executors.Names(), rules.NewGate(budget.ConcurrentEvaluations))
+	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, ruleOpts); err != nil {
 		return nil, err
+	}
+	if p.crashes, err = crashmark.Open(crashDir(cfg)); err != nil {
+		return nil, err
+	}
+	if n := p.crashes.Left(); n > 0 {
+		p.log.Warn("events were being evaluated when the last process stopped; each is poisoned when it comes back",
+			"events", n, "dir", crashDir(cfg))
 	}
 	p.engine = p.rules.Engine()
 	// Watermill logs some per-message events at Info (e.g. GoChannel's "No
@@ -123,7 +138,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		IdleTimeout:     cfg.HTTP.IdleTimeout,
 		ShutdownTimeout: drainTime(cfg.ShutdownTimeout),
 	}, api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
-		Rules: p.rules, RuleOptions: ruleOptions(p.executors.Names())})
+		Rules: p.rules, RuleOptions: ruleOpts})
 	if err != nil {
 		_ = p.Close()
 		return nil, err
@@ -177,6 +192,7 @@ func (p *Pipeline) buildRouter(wlog watermill.LoggerAdapter, o *options) error {
 	trigger := &handlers.Trigger{
 		Parser:     event.Parser{MaxBytes: cfg.Event.MaxBytes},
 		Rules:      p.engine,
+		Crashes:    p.crashes,
 		Publisher:  pub,
 		TasksTopic: cfg.Topics.Tasks,
 		Metrics:    p.metrics,
@@ -327,6 +343,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		failure = errors.Join(failure, err)
 	}
 	return p.shutdown(failure, stopAt)
+}
+
+// crashDir is where the marks of events being evaluated are kept.
+func crashDir(cfg *config.Config) string {
+	dir := cfg.DataDir
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "eventpipe")
+	}
+	return filepath.Join(dir, "evaluating")
 }
 
 // backlogInterval is how often queue_backlog is refreshed from the broker.

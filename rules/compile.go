@@ -127,6 +127,15 @@ type Set struct {
 // joined with errors.Join, each a *FieldError naming the rule id and field;
 // condition errors carry expr's line:column position.
 func Compile(rs []Rule, opts ...Option) (*Set, error) {
+	return Recompile(nil, rs, nil, opts...)
+}
+
+// Recompile is Compile for next, a changed copy of the rules prev was
+// compiled from: every rule for which unchanged(i) is true and whose id is
+// in prev is taken from prev instead of compiled again, so changing one rule
+// of a large set compiles one rule. opts must be the ones prev was compiled
+// with.
+func Recompile(prev *Set, next []Rule, unchanged func(i int) bool, opts ...Option) (*Set, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -135,10 +144,10 @@ func Compile(rs []Rule, opts ...Option) (*Set, error) {
 	if err := o.budget.Validate(); err != nil {
 		return nil, err
 	}
-	if len(rs) > o.budget.MaxRules {
-		return nil, fmt.Errorf("%d rules, more than %d (rules.budget.max_rules)", len(rs), o.budget.MaxRules)
+	if len(next) > o.budget.MaxRules {
+		return nil, fmt.Errorf("%d rules, more than %d (rules.budget.max_rules)", len(next), o.budget.MaxRules)
 	}
-	s, probs := compile(rs, &o)
+	s, probs := compile(next, &o, prev, unchanged)
 	var errs []error
 	for _, ps := range probs {
 		for _, p := range ps {
@@ -154,7 +163,7 @@ func Compile(rs []Rule, opts ...Option) (*Set, error) {
 
 // compile returns the compiled rules and, per rule, its problems. The
 // caller builds the index once there are none.
-func compile(rs []Rule, o *options) (*Set, [][]*FieldError) {
+func compile(rs []Rule, o *options, prev *Set, unchanged func(i int) bool) (*Set, [][]*FieldError) {
 	o.budget.SetDefaults()
 	s := &Set{rules: make([]*compiledRule, 0, len(rs)), budget: o.budget, gate: o.gate}
 	if s.gate == nil {
@@ -162,8 +171,22 @@ func compile(rs []Rule, o *options) (*Set, [][]*FieldError) {
 	}
 	probs := make([][]*FieldError, len(rs))
 	seen := make(map[string]bool, len(rs))
+	var reuse map[string]*compiledRule
+	if prev != nil && unchanged != nil {
+		reuse = make(map[string]*compiledRule, len(prev.rules))
+		for _, r := range prev.rules {
+			reuse[r.rule.RuleID] = r
+		}
+	}
 	for i := range rs {
-		cr, ps := compileRule(rs[i], o)
+		var cr *compiledRule
+		var ps []*FieldError
+		if old, ok := reuse[rs[i].RuleID]; ok && unchanged(i) {
+			cp := *old // order differs; the rest is read-only once compiled
+			cr = &cp
+		} else {
+			cr, ps = compileRule(rs[i], o)
+		}
 		if id := rs[i].RuleID; id != "" {
 			if seen[id] {
 				ps = append(ps, &FieldError{Field: "ruleId", Reason: fmt.Sprintf("duplicate ruleId %q", truncate(id, 140))})

@@ -316,7 +316,7 @@ func (l *loader) value(n *yaml.Node, path, id string, paths map[string]int, dept
 // validate runs Compile's checks on the decoded rules and places each
 // problem on the line of the key it is about.
 func (l *loader) validate(rules []Rule, lines []keyLines) {
-	_, probs := compile(rules, &options{})
+	_, probs := compile(rules, &options{}, nil, nil)
 	for i, ps := range probs {
 		if lines[i].notRule {
 			continue

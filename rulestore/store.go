@@ -56,6 +56,9 @@ type Config struct {
 	// Engine receives every new rule set; nil means Open makes one. Once a
 	// store drives an engine, only the store may swap its set.
 	Engine *rules.Engine
+	// MaxFileBytes bounds the rules file (rules.max_file_bytes); a larger
+	// one is refused. Default DefaultMaxFileBytes.
+	MaxFileBytes int64
 	// Options are passed to every rules.Compile, e.g. rules.WithTaskTypes.
 	Options []rules.Option
 	// Logger gets the audit log ("rule changed", Info) and reload errors
@@ -149,6 +152,7 @@ func newState(rs []rules.Rule, set *rules.Set) *state {
 // Store holds the rule set. Create it with Open. It is safe for concurrent use.
 type Store struct {
 	path     string
+	maxBytes int64
 	engine   *rules.Engine
 	opts     []rules.Option
 	log      *slog.Logger
@@ -180,6 +184,7 @@ type Store struct {
 func Open(cfg Config) (*Store, error) {
 	s := &Store{
 		path:     cfg.Path,
+		maxBytes: cfg.MaxFileBytes,
 		engine:   cfg.Engine,
 		opts:     cfg.Options,
 		log:      cfg.Logger,
@@ -201,6 +206,9 @@ func Open(cfg Config) (*Store, error) {
 	if s.debounce <= 0 {
 		s.debounce = DefaultDebounce
 	}
+	if s.maxBytes <= 0 {
+		s.maxBytes = DefaultMaxFileBytes
+	}
 	if s.engine == nil {
 		s.engine = rules.NewEngine(nil)
 	}
@@ -211,7 +219,8 @@ func Open(cfg Config) (*Store, error) {
 	} else {
 		var fi fs.FileInfo
 		var err error
-		if data, fi, err = readFile(s.path); err != nil {
+		s.removeTempFiles()
+		if data, fi, err = readFile(s.path, s.maxBytes); err != nil {
 			return nil, fmt.Errorf("load rules: %w", err)
 		}
 		if rs, err = rules.Parse(data, s.path); err != nil {
@@ -321,7 +330,7 @@ func (s *Store) Create(ctx context.Context, r rules.Rule, ch Change) (rules.Rule
 	r = canonical(r)
 	r.Version, r.UpdatedAt = 1, s.stamp()
 	next := append(append(make([]rules.Rule, 0, len(st.rules)+1), st.rules...), r)
-	if err := s.commitLocked(next); err != nil {
+	if err := s.commitLocked(next, func(j int) bool { return j < len(st.rules) }); err != nil {
 		return rules.Rule{}, err
 	}
 	s.audit(ctx, ch.actor(), "create", r, nil)
@@ -388,7 +397,7 @@ func (s *Store) modify(ctx context.Context, id string, ch Change, action string,
 	next.Version, next.UpdatedAt = cur.Version+1, s.stamp()
 	all := append(make([]rules.Rule, 0, len(st.rules)), st.rules...)
 	all[i] = next
-	if err := s.commitLocked(all); err != nil {
+	if err := s.commitLocked(all, func(j int) bool { return j != i }); err != nil {
 		return rules.Rule{}, err
 	}
 	s.audit(ctx, ch.actor(), action, next, changed)
@@ -413,7 +422,7 @@ func (s *Store) Delete(ctx context.Context, id string, ch Change) error {
 		return fmt.Errorf("%w: If-Match %s, current ETag %s", ErrPreconditionFailed, ch.IfMatch, ETag(cur))
 	}
 	next := append(append(make([]rules.Rule, 0, len(st.rules)-1), st.rules[:i]...), st.rules[i+1:]...)
-	if err := s.commitLocked(next); err != nil {
+	if err := s.commitLocked(next, func(int) bool { return true }); err != nil {
 		return err
 	}
 	s.audit(ctx, ch.actor(), "delete", cur, nil)
@@ -431,7 +440,7 @@ func (s *Store) Replace(ctx context.Context, rs []rules.Rule, ch Change) error {
 		return err
 	}
 	next, changes := reconcile(s.cur.Load(), rs, s.stamp())
-	if err := s.commitLocked(next); err != nil {
+	if err := s.commitLocked(next, nil); err != nil {
 		return err
 	}
 	s.auditAll(ctx, ch.actor(), "replace", changes)
@@ -448,9 +457,11 @@ func (s *Store) Reload(ctx context.Context) error {
 }
 
 // commitLocked compiles next, writes it to the file and swaps it in. On
-// any error nothing has changed.
-func (s *Store) commitLocked(next []rules.Rule) error {
-	set, err := rules.Compile(next, s.opts...)
+// any error nothing has changed. unchanged (nil: none) names the rules of
+// next that are the current set's, which are not compiled again: a change
+// to one rule compiles that rule only.
+func (s *Store) commitLocked(next []rules.Rule, unchanged func(i int) bool) error {
+	set, err := rules.Recompile(s.cur.Load().set, next, unchanged, s.opts...)
 	if err != nil {
 		return &InvalidError{Err: err}
 	}
