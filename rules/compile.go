@@ -311,6 +311,12 @@ func compileCondition(cond string, b *Budget) (*vm.Program, *costLadder, error) 
 		fe := (&file.Error{Location: n.Location()}).Bind(tree.Source)
 		return fmt.Sprintf("%d:%d", fe.Line, fe.Column+1)
 	}
+	// Problems found by the cost model point at where the costly part
+	// begins, which reads better than expr's operator position.
+	atStart := func(n ast.Node) string {
+		fe := (&file.Error{Location: start(n)}).Bind(tree.Source)
+		return fmt.Sprintf("%d:%d", fe.Line, fe.Column+1)
+	}
 	if parseErr == nil {
 		if n, reason := refusal(tree.Node); n != nil {
 			return nil, nil, fmt.Errorf("%s: %s", at(n), reason)
@@ -334,13 +340,30 @@ func compileCondition(cond string, b *Budget) (*vm.Program, *costLadder, error) 
 	}
 	if n, what := unknownResult(tree.Node); n != nil {
 		return nil, nil, fmt.Errorf("%s: expected a boolean condition, but %s may be any value, and every event where it "+
-			"is not a boolean would be poisoned: compare it (%s == true, %s > 0, %s != \"\")", at(n), what, what, what, what)
+			"is not a boolean would be poisoned: compare it (%s == true, %s > 0, %s != \"\")", atStart(n), what, what, what, what)
 	}
-	cost, err := costOf(tree.Node, b, at)
+	cost, err := costOf(tree.Node, b, atStart)
 	if err != nil {
 		return nil, nil, err
 	}
 	return prog, cost, nil
+}
+
+// start is where n's text begins: expr places a member access on its
+// dot, and a binary expression on its operator.
+func start(n ast.Node) file.Location {
+	var f firstLocation
+	f.loc = n.Location()
+	ast.Walk(&n, &f)
+	return f.loc
+}
+
+type firstLocation struct{ loc file.Location }
+
+func (f *firstLocation) Visit(n *ast.Node) {
+	if l := (*n).Location(); l.From < f.loc.From && (l.From > 0 || l.To > 0) {
+		f.loc = l
+	}
 }
 
 // costOf estimates a condition at every ladder size up to the largest event

@@ -254,7 +254,15 @@ func (s *Store) syncFileLocked(ctx context.Context, stableOnly bool, want *[sha2
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("read rules file: %w", err)
+		err = fmt.Errorf("read rules file: %w", err)
+		if want != nil && *want != s.badHash {
+			// The watcher's poll: report a file that cannot be read (too
+			// large) once per content, like one that does not load.
+			s.badHash, s.badErr = *want, err
+			s.metrics.RulesReloadError()
+			s.log.ErrorContext(ctx, "rules file refused; the previous rules stay active", "file", s.path, "error", err)
+		}
+		return err
 	}
 	h := sha256.Sum256(data)
 	switch {
