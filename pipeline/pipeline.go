@@ -15,7 +15,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -32,6 +34,7 @@ import (
 	"github.com/eventpipe/eventpipe/handlers"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/middleware"
+	"github.com/eventpipe/eventpipe/progress"
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/rulestore"
 	"github.com/eventpipe/eventpipe/task"
@@ -49,6 +52,10 @@ type Pipeline struct {
 	engine    *rules.Engine
 	rules     *rulestore.Store
 	crashes   *crashmark.Dir
+	progress  *progress.Tracker
+	// backlog is the broker's last reported backlog, by topic (nil until
+	// the first report, or when the broker cannot tell).
+	backlog atomic.Pointer[progress.Backlog]
 	executors *executor.Registry
 	router    *message.Router
 	server    *api.Server
@@ -80,7 +87,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{})}
+	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{}), progress: progress.NewTracker()}
 	if p.log == nil {
 		p.log = NewLogger(cfg.Log, os.Stderr)
 	}
@@ -257,7 +264,9 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 		if n > 1 {
 			hname = name + "-" + strconv.Itoa(i+1)
 		}
-		router.AddConsumerHandler(hname, topic, sub, fn).AddMiddleware(mws...)
+		// Progress is outermost: readiness must see every message taken.
+		router.AddConsumerHandler(hname, topic, sub, fn).
+			AddMiddleware(append([]message.HandlerMiddleware{p.progress.Middleware(hname, topic)}, mws...)...)
 	}
 	return nil
 }
@@ -320,7 +329,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	defer stopServe()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- p.server.Serve(serveCtx, ln) }()
-	go p.reportBacklog(serveCtx, backlogInterval)
+	go p.reportBacklog(serveCtx, min(backlogInterval, p.stallTimeout()/4))
 	p.log.Info("eventpipe running", "broker", p.cfg.Broker.Kind, "http_addr", ln.Addr().String(),
 		"rules", len(p.engine.Set().Rules()), "executors", p.executors.Names())
 
@@ -354,14 +363,23 @@ func crashDir(cfg *config.Config) string {
 	return filepath.Join(dir, "evaluating")
 }
 
+// stallTimeout is readiness.stall_timeout or its default.
+func (p *Pipeline) stallTimeout() time.Duration {
+	if p.cfg.Readiness.StallTimeout > 0 {
+		return p.cfg.Readiness.StallTimeout
+	}
+	return progress.DefaultStallTimeout
+}
+
 // backlogInterval is how often queue_backlog is refreshed from the broker.
 const backlogInterval = 5 * time.Second
 
-// reportBacklog exports the broker's backlog as queue_backlog until ctx
-// ends, if the broker can tell it and metrics are on.
+// reportBacklog reads the broker's backlog until ctx ends, if the broker
+// can tell it: readiness uses the last reading, and queue_backlog exports
+// it when metrics are on.
 func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
 	reporter, ok := p.broker.(broker.BacklogReporter)
-	if !ok || p.metrics == nil {
+	if !ok {
 		return
 	}
 	ticker := time.NewTicker(every)
@@ -370,9 +388,17 @@ func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
 		backlog, err := reporter.Backlog(ctx)
 		if err != nil {
 			p.log.Warn("read queue backlog", "error", err)
+		} else {
+			byTopic := progress.Backlog{}
+			for _, b := range backlog {
+				byTopic[b.Topic] += b.Messages
+			}
+			p.backlog.Store(&byTopic)
 		}
-		for _, b := range backlog {
-			p.metrics.SetQueueBacklog(b.Topic, b.Partition, float64(b.Messages))
+		if p.metrics != nil {
+			for _, b := range backlog {
+				p.metrics.SetQueueBacklog(b.Topic, b.Partition, float64(b.Messages))
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -444,13 +470,28 @@ func (p *Pipeline) Addr(ctx context.Context) string {
 // Running is closed once the router consumes messages.
 func (p *Pipeline) Running() <-chan struct{} { return p.router.Running() }
 
-// Ready reports whether the router is running and the broker reachable.
+// Ready reports whether the router is running, the broker reachable, every
+// subscribed topic assigned to this process (when the broker can tell, see
+// progress.AssignmentReporter) and every topic with a backlog consumed
+// within readiness.stall_timeout.
 func (p *Pipeline) Ready(ctx context.Context) error {
 	if !p.router.IsRunning() || p.router.IsClosed() {
 		return errors.New("router is not running")
 	}
 	if err := p.broker.Ping(ctx); err != nil {
 		return fmt.Errorf("broker: %w", err)
+	}
+	if ar, ok := p.broker.(progress.AssignmentReporter); ok {
+		topics, err := ar.Unassigned(ctx)
+		if err != nil {
+			return fmt.Errorf("broker assignment: %w", err)
+		}
+		if len(topics) > 0 {
+			return fmt.Errorf("no partition assigned to this process for %s", strings.Join(topics, ", "))
+		}
+	}
+	if b := p.backlog.Load(); b != nil {
+		return p.progress.Stalled(*b, p.stallTimeout())
 	}
 	return nil
 }

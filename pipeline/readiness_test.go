@@ -1,0 +1,58 @@
+package pipeline_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/pipeline"
+)
+
+// A trigger handler that takes nothing while events wait makes /readyz
+// fail after readiness.stall_timeout, and ready again once it consumes.
+func TestPipeline_not_ready_while_a_subscription_is_stuck(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	stuck := func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			if message.SubscribeTopicFromCtx(msg.Context()) == "business-events" {
+				<-release
+			}
+			return h(msg)
+		}
+	}
+	h := newHarnessWith(t, func(c *config.Config) { c.Readiness.StallTimeout = 300 * time.Millisecond },
+		nil, pipeline.WithMiddleware(stuck))
+	ready := func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		return h.p.Ready(ctx)
+	}
+	require.NoError(t, ready(), "ready before anything waits")
+	for i := range 3 {
+		h.publish(ev(fmt.Sprintf("stuck-%d", i), "order.created"))
+	}
+	require.Eventually(t, func() bool { return ready() != nil }, 5*time.Second, 20*time.Millisecond)
+	err := ready()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not consuming (readiness.stall_timeout 300ms): business-events has")
+	assert.Contains(t, err.Error(), "messages waiting and its handler trigger took none for")
+	res, err := http.Get("http://" + h.p.Addr(t.Context()) + "/readyz")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(res.Body)
+	_ = res.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "body: %s", body)
+	assert.Contains(t, string(body), "not consuming")
+
+	close(release)
+	require.Eventually(t, func() bool { return ready() == nil }, 5*time.Second, 20*time.Millisecond,
+		"ready again once the backlog is consumed")
+}
