@@ -55,7 +55,7 @@ type Pipeline struct {
 	progress  *progress.Tracker
 	// backlog is the broker's last reported backlog, by topic (nil until
 	// the first report, or when the broker cannot tell).
-	backlog atomic.Pointer[progress.Backlog]
+	backlog   atomic.Pointer[progress.Backlog]
 	executors *executor.Registry
 	router    *message.Router
 	server    *api.Server
