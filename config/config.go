@@ -288,6 +288,9 @@ type ShellExecutor struct {
 	// AllowedCommands are absolute paths of the only programs shell tasks may
 	// run. Default none (every shell task fails permanently).
 	AllowedCommands []string `yaml:"allowed_commands"`
+	// AllowShell permits a shell or interpreter (sh, bash, python, env, ...)
+	// in AllowedCommands, which is refused by default. Default false.
+	AllowShell bool `yaml:"allow_shell"`
 	// MaxOutputBytes bounds captured output. Default 64 KiB.
 	MaxOutputBytes int `yaml:"max_output_bytes"`
 	// DefaultTimeout applies when a task sets no timeout. Default 1m.

@@ -158,6 +158,7 @@ func buildExecutors(cfg *config.Config, log *slog.Logger, extra []namedExecutor)
 	reg := executor.NewRegistry()
 	shell, err := executor.NewShell(executor.ShellConfig{
 		AllowedCommands: cfg.Executors.Shell.AllowedCommands,
+		AllowShell:      cfg.Executors.Shell.AllowShell,
 		MaxOutputBytes:  cfg.Executors.Shell.MaxOutputBytes,
 		DefaultTimeout:  cfg.Executors.Shell.DefaultTimeout,
 	})

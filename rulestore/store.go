@@ -139,6 +139,9 @@ type state struct {
 	rules []rules.Rule
 	index map[string]int
 	set   *rules.Set
+	// items are the rules' YAML list items (rules.MarshalRuleYAML), kept
+	// so a change of one rule encodes one rule; nil until first written.
+	items [][]byte
 }
 
 func newState(rs []rules.Rule, set *rules.Set) *state {
@@ -461,29 +464,43 @@ func (s *Store) Reload(ctx context.Context) error {
 // next that are the current set's, which are not compiled again: a change
 // to one rule compiles that rule only.
 func (s *Store) commitLocked(next []rules.Rule, unchanged func(i int) bool) error {
-	set, err := rules.Recompile(s.cur.Load().set, next, unchanged, s.opts...)
+	cur := s.cur.Load()
+	set, err := rules.Recompile(cur.set, next, unchanged, s.opts...)
 	if err != nil {
 		return &InvalidError{Err: err}
 	}
+	var items [][]byte
 	if s.path != "" {
-		data, err := rules.MarshalYAML(next)
-		if err != nil {
-			return err
+		items = make([][]byte, len(next))
+		for i := range next {
+			if j, ok := cur.index[next[i].RuleID]; ok && unchanged != nil && unchanged(i) && cur.items != nil {
+				items[i] = cur.items[j]
+				continue
+			}
+			if items[i], err = rules.MarshalRuleYAML(next[i]); err != nil {
+				return err
+			}
 		}
+		data := rules.JoinYAML(items)
 		if err := s.writeFile(data); err != nil {
 			return err
 		}
 		s.fileHash = sha256.Sum256(data)
 	}
-	s.publish(next, set)
+	s.publishItems(next, set, items)
 	return nil
 }
 
 // publish makes the new state current: the engine first, so that once a
 // change is acknowledged every event after it is matched by the new set.
-func (s *Store) publish(rs []rules.Rule, set *rules.Set) {
+func (s *Store) publish(rs []rules.Rule, set *rules.Set) { s.publishItems(rs, set, nil) }
+
+// publishItems is publish with the rules' YAML items, when known.
+func (s *Store) publishItems(rs []rules.Rule, set *rules.Set, items [][]byte) {
 	s.engine.Swap(set)
-	s.cur.Store(newState(rs, set))
+	st := newState(rs, set)
+	st.items = items
+	s.cur.Store(st)
 }
 
 // stamp is an updatedAt: UTC, whole seconds, so it reads as plain RFC 3339.
