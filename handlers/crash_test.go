@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/eventpipe/eventpipe/crashmark"
-	"github.com/eventpipe/eventpipe/handlers"
 	"github.com/eventpipe/eventpipe/event"
+	"github.com/eventpipe/eventpipe/handlers"
 	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/task"

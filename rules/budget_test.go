@@ -155,4 +155,3 @@ func TestSet_Evaluate_marks_only_expensive_events(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, g.marks, "a cheap event is not marked")
 }
-
