@@ -161,6 +161,8 @@ func (e *env) writeConfig() {
 		}},
 		"log":              map[string]any{"format": "json", "level": "info"},
 		"shutdown_timeout": e.opts.shutdown.String(),
+		// Crash marks of this scenario's processes only.
+		"data_dir": filepath.Join(e.dir, "data"),
 	}
 	if e.kafka != nil {
 		cfg["broker"].(map[string]any)["kafka"].(map[string]any)["brokers"] = []string{e.kafka.addr}
