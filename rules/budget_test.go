@@ -155,3 +155,21 @@ func TestSet_Evaluate_marks_only_expensive_events(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, g.marks, "a cheap event is not marked")
 }
+
+// A RuleCheck (an executor's parameter spec, say) refuses a rule like the
+// rules package's own checks do, naming rule and field.
+func TestCompile_runs_rule_checks(t *testing.T) {
+	t.Parallel()
+	onlyEcho := rules.WithRuleCheck(func(r *rules.Rule) []*rules.FieldError {
+		if r.TaskType == "shell" && r.Parameters["command"] != "/bin/echo" {
+			return []*rules.FieldError{{Field: "parameters.command", Reason: "not on executors.shell.allowed_commands"}}
+		}
+		return nil
+	})
+	_, err := rules.Compile([]rules.Rule{
+		{RuleID: "ok", EventType: "x", TaskType: "shell", Parameters: map[string]any{"command": "/bin/echo"}},
+		{RuleID: "ls", EventType: "x", TaskType: "shell", Parameters: map[string]any{"command": "/bin/ls"}},
+	}, onlyEcho)
+	require.Error(t, err)
+	assert.EqualError(t, err, `rule "ls": parameters.command: not on executors.shell.allowed_commands`)
+}

@@ -72,6 +72,20 @@ type options struct {
 	taskTypes map[string]bool
 	budget    Budget
 	gate      *Gate
+	checks    []RuleCheck
+}
+
+// RuleCheck is a check a rule must pass to be accepted, beyond the rules
+// package's own (id, event type, task type, condition and its cost,
+// templates). It returns the rule's problems, each naming its field; the
+// rule id and, in files, the line are filled in by the caller. Executors'
+// parameter specs plug in here, so the rules file, the rules API and dry
+// runs refuse the same rules for the same reasons.
+type RuleCheck func(r *Rule) []*FieldError
+
+// WithRuleCheck adds a check every rule must pass (see RuleCheck).
+func WithRuleCheck(check RuleCheck) Option {
+	return func(o *options) { o.checks = append(o.checks, check) }
 }
 
 // WithTaskTypes makes Compile reject a rule whose taskType is not one of
@@ -211,8 +225,11 @@ func ruleRef(id string, i int) string {
 	return "#" + strconv.Itoa(i+1)
 }
 
-// compileRule validates r and builds what matching needs. It returns every
-// problem; the rule is usable only when there are none.
+// compileRule validates r and builds what matching needs. It is the one
+// place that decides whether a rule is acceptable, for the rules file, the
+// rules API and dry runs alike: its own checks, the condition's cost within
+// the budget (WithBudget), and the checks given with WithRuleCheck. It
+// returns every problem; the rule is usable only when there are none.
 func compileRule(r Rule, o *options) (*compiledRule, []*FieldError) {
 	var probs []*FieldError
 	add := func(field, format string, args ...any) {
@@ -278,6 +295,9 @@ func compileRule(r Rule, o *options) (*compiledRule, []*FieldError) {
 	}
 	cr.params = compileValue(params, "parameters", 0, &probs)
 	checkParams(r.TaskType, &cr.params, &probs)
+	for _, check := range o.checks {
+		probs = append(probs, check(&r)...)
+	}
 	return cr, probs
 }
 
