@@ -71,11 +71,19 @@ func (t *Trigger) Handle(msg *message.Message) error {
 	if corr == "" {
 		corr = ev.MessageID
 	}
-	if wmw.MessageCorrelationID(msg) == "" {
-		// So every log line of this message, the poison one included,
-		// names it.
-		wmw.SetCorrelationID(corr, msg)
+	if err := t.handle(msg, ev, corr); err != nil {
+		// So the poison and retry log lines of this message name it. Only
+		// on failure: setting metadata costs an allocation per event.
+		if wmw.MessageCorrelationID(msg) == "" {
+			wmw.SetCorrelationID(corr, msg)
+		}
+		return err
 	}
+	return nil
+}
+
+// handle is Handle once the event is parsed.
+func (t *Trigger) handle(msg *message.Message, ev *event.Event, corr string) error {
 	opts := rules.Evaluation{Size: len(msg.Payload)}
 	if t.Crashes != nil {
 		if t.Crashes.Crashed(ev.MessageID) {
