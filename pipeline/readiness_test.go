@@ -8,12 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/pipeline"
+	"github.com/eventpipe/eventpipe/progress"
 )
 
 // A trigger handler that takes nothing while events wait makes /readyz
@@ -55,4 +58,25 @@ func TestPipeline_not_ready_while_a_subscription_is_stuck(t *testing.T) {
 	close(release)
 	require.Eventually(t, func() bool { return ready() == nil }, 5*time.Second, 20*time.Millisecond,
 		"ready again once the backlog is consumed")
+}
+
+// unassigned is a broker that says some topics have no partition here, as
+// a Kafka consumer group member left without assignment would.
+type unassigned struct {
+	*broker.Embedded
+	topics []string
+}
+
+func (u unassigned) Unassigned(context.Context) ([]string, error) { return u.topics, nil }
+
+var _ progress.AssignmentReporter = unassigned{}
+
+func TestPipeline_not_ready_while_a_topic_has_no_assignment(t *testing.T) {
+	t.Parallel()
+	b := broker.NewEmbedded(config.EmbeddedBroker{BufferSize: 16}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = b.Close() })
+	h := newHarnessWith(t, nil, nil, pipeline.WithBroker(unassigned{Embedded: b, topics: []string{"business-events"}}))
+	err := h.p.Ready(t.Context())
+	require.Error(t, err)
+	assert.EqualError(t, err, "no partition assigned to this process for business-events")
 }
