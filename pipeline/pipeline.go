@@ -55,10 +55,12 @@ type Pipeline struct {
 	progress  *progress.Tracker
 	// backlog is the broker's last reported backlog, by topic (nil until
 	// the first report, or when the broker cannot tell).
-	backlog   atomic.Pointer[progress.Backlog]
-	executors *executor.Registry
-	router    *message.Router
-	server    *api.Server
+	backlog atomic.Pointer[progress.Backlog]
+	// backlogErr is set while the broker's backlog cannot be read.
+	backlogErr atomic.Pointer[backlogFailure]
+	executors  *executor.Registry
+	router     *message.Router
+	server     *api.Server
 
 	// abort ends running tasks at the drain deadline (see Executor.Abort).
 	abortCtx context.Context
@@ -389,12 +391,14 @@ func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
 		backlog, err := reporter.Backlog(ctx)
 		if err != nil {
 			p.log.Warn("read queue backlog", "error", err)
+			p.backlogErr.Store(&backlogFailure{err: err, since: p.backlogFailingSince()})
 		} else {
 			byTopic := progress.Backlog{}
 			for _, b := range backlog {
 				byTopic[b.Topic] += b.Messages
 			}
 			p.backlog.Store(&byTopic)
+			p.backlogErr.Store(nil)
 		}
 		if p.metrics != nil {
 			for _, b := range backlog {
@@ -491,10 +495,30 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 			return fmt.Errorf("no partition assigned to this process for %s", strings.Join(topics, ", "))
 		}
 	}
+	if f := p.backlogErr.Load(); f != nil && time.Since(f.since) > p.stallTimeout() {
+		// Topics lost after a broker restart look like this: whether
+		// anything waits is unknown, and nothing may be consumed.
+		return fmt.Errorf("the broker's backlog cannot be read since %s (readiness.stall_timeout %s): %w",
+			f.since.UTC().Format(time.RFC3339), p.stallTimeout(), f.err)
+	}
 	if b := p.backlog.Load(); b != nil {
 		return p.progress.Stalled(*b, p.stallTimeout())
 	}
 	return nil
+}
+
+// backlogFailure is a failing backlog read and when the failures began.
+type backlogFailure struct {
+	err   error
+	since time.Time
+}
+
+// backlogFailingSince is when the current run of failed backlog reads began.
+func (p *Pipeline) backlogFailingSince() time.Time {
+	if f := p.backlogErr.Load(); f != nil {
+		return f.since
+	}
+	return time.Now()
 }
 
 // Engine returns the rule engine the trigger handler matches with. Its rule

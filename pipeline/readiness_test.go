@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -79,4 +80,25 @@ func TestPipeline_not_ready_while_a_topic_has_no_assignment(t *testing.T) {
 	err := h.p.Ready(t.Context())
 	require.Error(t, err)
 	assert.EqualError(t, err, "no partition assigned to this process for business-events")
+}
+
+// failingBacklog is a broker whose backlog cannot be read, as Kafka's after
+// its topics were lost in a restart.
+type failingBacklog struct{ *broker.Embedded }
+
+func (failingBacklog) Backlog(context.Context) ([]broker.Backlog, error) {
+	return nil, errors.New("unknown topic or partition")
+}
+
+func TestPipeline_not_ready_while_the_backlog_cannot_be_read(t *testing.T) {
+	t.Parallel()
+	b := broker.NewEmbedded(config.EmbeddedBroker{BufferSize: 16}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = b.Close() })
+	h := newHarnessWith(t, func(c *config.Config) { c.Readiness.StallTimeout = 200 * time.Millisecond },
+		nil, pipeline.WithBroker(failingBacklog{b}))
+	require.Eventually(t, func() bool { return h.p.Ready(t.Context()) != nil }, 5*time.Second, 20*time.Millisecond)
+	err := h.p.Ready(t.Context())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the broker's backlog cannot be read since")
+	assert.Contains(t, err.Error(), "unknown topic or partition")
 }
