@@ -119,3 +119,61 @@ func (e *env) rawBig(body string) {
 	}
 	e.rawAMQP("big.event", []byte(body), nil)
 }
+
+// slowRule takes about 2.6 s over a 1 MiB field (two patterns of 183
+// instructions), accepted under the raised budget of TestCrashDuringEvaluation.
+const slowRule = `  - ruleId: "slow-match"
+    eventType: "big.slow"
+    taskType: "shell"
+    condition: 'payload.s matches "(x|xx){30}y" || payload.s matches "(x|xx){30}z"'
+    parameters:
+      script: "{{script}}"
+      args: ["{{ledger}}"]
+`
+
+// TestCrashDuringEvaluation kills the process (SIGKILL, as the kernel's
+// out-of-memory killer would) while it evaluates a 1 MiB event, at the
+// moment its crash mark appears, and restarts it: the event comes back and
+// is poisoned with the crash reason instead of being evaluated again, and
+// every ordinary event's task runs. No event can take the process down twice.
+func TestCrashDuringEvaluation(t *testing.T) {
+	const ordinary = 50
+	for _, kind := range brokers {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, kind, options{rules: ledgerRule + slowRule, kafkaMaxMessageBytes: 8 << 20,
+				extra: map[string]any{"rules": map[string]any{
+					"budget": map[string]any{"condition_time": "10s", "event_time": "20s"}}}})
+			marks := filepath.Join(e.dir, "data", "evaluating")
+			p := e.start()
+			evs, want := e.faultEvents("ordinary", ordinary)
+			e.publish(evs[:ordinary/2])
+			victim := e.id + "-slow"
+			e.rawBig(fmt.Sprintf(`{"messageId":%q,"eventType":"big.slow","payload":{"s":%q}}`, victim, strings.Repeat("x", 1_000_000)))
+			require.Eventually(t, func() bool {
+				entries, _ := os.ReadDir(marks)
+				return len(entries) > 0
+			}, 2*time.Minute, 5*time.Millisecond, "the slow event is marked while evaluated%s", logTails([]*pipeline{p}))
+			p.kill()
+			t.Logf("killed pid %d while it evaluated %s", p.pid(), victim)
+
+			p2 := e.start()
+			e.publish(evs[ordinary/2:])
+			e.waitDone(want, 2*time.Minute, p2)
+			rows := e.waitDLQ(1, time.Minute, p2)
+			require.Len(t, rows, 1)
+			assert.Contains(t, rows[0].Payload, victim)
+			assert.Equal(t, "permanent", rows[0].ReasonKind)
+			assert.Contains(t, rows[0].Reason, "the process stopped (crash or kill) while evaluating this event's conditions")
+			assert.False(t, p2.exited(), "the restarted process is alive")
+			entries, err := os.ReadDir(marks)
+			require.NoError(t, err)
+			assert.Empty(t, entries, "the evidence is used once")
+			_, err = p2.term(e.opts.shutdown + 5*time.Second)
+			require.NoError(t, err)
+			tl := e.record(9, "SIGKILL while evaluating a 1 MiB event, restart", ordinary+1, want,
+				"killed when the event's crash mark appeared; on redelivery it was poisoned (crash reason), not evaluated again")
+			assert.Zero(t, tl.lost)
+		})
+	}
+}

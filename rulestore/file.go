@@ -273,7 +273,7 @@ func (s *Store) syncFileLocked(ctx context.Context, stableOnly bool, want *[sha2
 	case stableOnly && time.Since(fi.ModTime()) < s.debounce:
 		return &FileChangedError{Path: s.path}
 	}
-	rs, err := rules.Parse(data, s.path)
+	rs, err := rules.Parse(data, s.path, s.opts...)
 	if err == nil && len(rs) == 0 && len(s.cur.Load().rules) > 0 && !declaresNoRules(data) {
 		err = fmt.Errorf("%s holds no rules, and %d are loaded: an empty or truncated file is refused; "+
 			"to remove every rule, write `taskTriggerRules: []`", s.path, len(s.cur.Load().rules))

@@ -226,7 +226,7 @@ func Open(cfg Config) (*Store, error) {
 		if data, fi, err = readFile(s.path, s.maxBytes); err != nil {
 			return nil, fmt.Errorf("load rules: %w", err)
 		}
-		if rs, err = rules.Parse(data, s.path); err != nil {
+		if rs, err = rules.Parse(data, s.path, s.opts...); err != nil {
 			return nil, fmt.Errorf("load rules: %w", err)
 		}
 		stamp := fi.ModTime().UTC().Truncate(time.Second)
