@@ -87,11 +87,14 @@ func (s *Set) Evaluate(ctx context.Context, ev *event.Event, opts Evaluation) ([
 	if err := s.gate.acquire(ctx); err != nil {
 		return nil, err
 	}
+	// Deferred, so that not even a panic keeps a slot or leaves a mark
+	// (which would read as a crash on the next delivery).
+	defer s.gate.release()
 	if guarded {
 		if err := opts.Guard.Mark(ev.MessageID); err != nil {
-			s.gate.release()
 			return nil, fmt.Errorf("mark event %s as being evaluated: %w", ev.MessageID, err)
 		}
+		defer opts.Guard.Unmark(ev.MessageID)
 	}
 	e := newEnv(ev)
 	// Conditions run first so the task slice is allocated once, at its size:
@@ -119,10 +122,6 @@ func (s *Set) Evaluate(ctx context.Context, ev *event.Event, opts Evaluation) ([
 			}
 		}
 	}
-	if guarded {
-		opts.Guard.Unmark(ev.MessageID)
-	}
-	s.gate.release()
 	var tasks []task.Task
 	if n > 0 {
 		tasks = make([]task.Task, 0, n)
