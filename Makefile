@@ -44,6 +44,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkEngineMatch|BenchmarkCondition' -benchmem ./rules/
 	$(GO) test -run '^$$' -bench 'BenchmarkParse' -benchmem ./event/
 	$(GO) test -run '^$$' -bench 'BenchmarkStoreWrite' -benchmem -benchtime 20000x ./history/
+	$(GO) test -run '^$$' -bench 'BenchmarkStore_update_one_rule' -benchmem -benchtime 40x ./rulestore/
 	$(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 20000x ./pipeline/ | tee /tmp/eventpipe-bench.txt
 	@awk '/BenchmarkEndToEnd\/embedded\/pipeline-/ {p=$$3} /BenchmarkEndToEnd\/embedded\/pipeline_metrics_off/ {o=$$3} \
 	  /BenchmarkEndToEnd\/embedded\/raw_router/ {r=$$3} \
@@ -76,6 +77,7 @@ fuzz:
 	$(GO) test ./event/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
 	$(GO) test ./rules/ -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
 	$(GO) test ./rules/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
+	$(GO) test ./rules/ -run '^$$' -fuzz '^FuzzConditionBudget$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
 	$(GO) test ./executor/ -run '^$$' -fuzz '^FuzzTaskParameters$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
 	$(GO) test ./api/ -run '^$$' -fuzz '^FuzzEvents$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)
 	$(GO) test ./api/ -run '^$$' -fuzz '^FuzzRulesTest$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS)

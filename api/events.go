@@ -1,8 +1,11 @@
 package api
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"strconv"
+	"sync/atomic"
 
 	"github.com/eventpipe/eventpipe/event"
 )
@@ -62,9 +65,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid events", details...)
 		return
 	}
-	if err := s.deps.Events.PublishEvents(r.Context(), events); err != nil {
-		s.log.Warn("publish ingested events", "events", len(events), "token_name", tokenName(r.Context()), "error", err)
-		writeError(w, http.StatusServiceUnavailable, "publish events: "+err.Error())
+	published, inFlight, err := s.publish(r.Context(), events)
+	if err != nil {
+		s.log.Warn("publish ingested events", "events", len(events), "accepted", published,
+			"token_name", tokenName(r.Context()), "error", err)
+		writePublishFailure(w, events, published, inFlight, err)
 		return
 	}
 	ids := make([]string, len(events))
@@ -72,6 +77,104 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		ids[i] = ev.ID
 	}
 	writeJSON(w, http.StatusAccepted, AcceptedEvents{Accepted: len(events), IDs: ids})
+}
+
+// publishChunk is how many events one PublishEvents call carries: a batch is
+// published chunk by chunk so that, when the deadline comes, the answer can
+// say which events are on the broker.
+const publishChunk = 100
+
+// publish publishes events chunk by chunk until done, an error, or ctx's
+// end (the request deadline), whichever comes first. It returns how many
+// events are known published (a prefix of events) and how many after them
+// were being published when it gave up (their fate is unknown). A chunk
+// still being published when ctx ends finishes in the background; no chunk
+// starts after it.
+func (s *Server) publish(ctx context.Context, events []Ingested) (published, inFlight int, err error) {
+	var done atomic.Int64
+	result := make(chan error, 1)
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() {
+			// Re-raised on the request's goroutine, where the recoverer
+			// answers 500.
+			if p := recover(); p != nil {
+				panicked <- p
+			}
+		}()
+		for start := 0; start < len(events); start += publishChunk {
+			if err := ctx.Err(); err != nil {
+				result <- err
+				return
+			}
+			end := min(start+publishChunk, len(events))
+			if err := s.deps.Events.PublishEvents(ctx, events[start:end]); err != nil {
+				result <- err
+				return
+			}
+			done.Store(int64(end))
+		}
+		result <- nil
+	}()
+	select {
+	case p := <-panicked:
+		panic(p)
+	case err := <-result:
+		n := int(done.Load())
+		if err != nil {
+			// A failed chunk may be partly on the broker.
+			return n, min(publishChunk, len(events)-n), err
+		}
+		return n, 0, nil
+	case <-ctx.Done():
+		n := int(done.Load())
+		return n, min(publishChunk, len(events)-n), fmt.Errorf("the request deadline passed before the broker "+
+			"confirmed every event: %w", ctx.Err())
+	}
+}
+
+// PublishFailure is the 503 answer of POST /api/v1/events when the broker
+// did not take every event in time: the events before index Accepted are on
+// the broker, those listed in InDoubt may or may not be, the rest are not.
+// Resending the whole request is safe: events keep their messageId, and the
+// tasks they make are de-duplicated by id.
+type PublishFailure struct {
+	Error string `json:"error"`
+	// Accepted counts the events, from the first, known to be published.
+	Accepted int `json:"accepted"`
+	// IDs are the messageIds of the accepted events.
+	IDs []string `json:"ids"`
+	// InDoubt are the indices of events whose publish was under way.
+	InDoubt []int `json:"inDoubt"`
+	// NotAccepted are the indices of events not published.
+	NotAccepted []int `json:"notAccepted"`
+}
+
+// retryAfterSeconds is the Retry-After of a 503: a broker that is down
+// usually is for longer than a moment.
+const retryAfterSeconds = 5
+
+// unavailable answers 503 with Retry-After and the JSON error body.
+func unavailable(w http.ResponseWriter, msg string) {
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	writeError(w, http.StatusServiceUnavailable, msg)
+}
+
+func writePublishFailure(w http.ResponseWriter, events []Ingested, published, inFlight int, err error) {
+	f := PublishFailure{Error: "publish events: " + err.Error(), Accepted: published,
+		IDs: make([]string, published), InDoubt: []int{}, NotAccepted: []int{}}
+	for i := range events {
+		switch {
+		case i < published:
+			f.IDs[i] = events[i].ID
+		case i < published+inFlight:
+			f.InDoubt = append(f.InDoubt, i)
+		default:
+			f.NotAccepted = append(f.NotAccepted, i)
+		}
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	writeJSON(w, http.StatusServiceUnavailable, f)
 }
 
 // fieldDetails lists each event.FieldError in err as a detail of the event at

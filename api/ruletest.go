@@ -103,7 +103,12 @@ func (s *Server) handleRulesTest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid eventMessage", eventProblems...)
 		return
 	}
-	report := set.Explain(ev)
+	report, err := set.ExplainContext(r.Context(), ev, rules.Evaluation{Size: len(req.EventMessage)})
+	if err != nil {
+		// Every evaluation slot stayed busy until the request's deadline.
+		unavailable(w, "dry run: "+err.Error())
+		return
+	}
 	// Empty lists, not null, so clients can iterate without a check.
 	if report.Tasks == nil {
 		report.Tasks = []task.Task{}

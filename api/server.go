@@ -61,6 +61,12 @@ type Config struct {
 	ReadTimeout       time.Duration // default DefaultReadTimeout
 	WriteTimeout      time.Duration // default DefaultWriteTimeout
 	IdleTimeout       time.Duration // default DefaultIdleTimeout
+	// RequestTimeout is each request's deadline (its context's): a publish
+	// or dry run still running then is answered 503 with Retry-After. It
+	// must be shorter than WriteTimeout, or the server would close the
+	// connection before the answer: default WriteTimeout less a tenth, and
+	// at least a second less.
+	RequestTimeout time.Duration
 	// ShutdownTimeout bounds the graceful shutdown once the Serve context
 	// ends; connections still open after it are closed. Default DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
@@ -84,6 +90,7 @@ func (c *Config) setDefaults() {
 	setDuration(&c.WriteTimeout, DefaultWriteTimeout)
 	setDuration(&c.IdleTimeout, DefaultIdleTimeout)
 	setDuration(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	setDuration(&c.RequestTimeout, c.WriteTimeout-max(c.WriteTimeout/10, time.Second))
 }
 
 func setDuration(d *time.Duration, def time.Duration) {
@@ -173,6 +180,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Gatherer == nil {
 		errs = append(errs, errors.New("deps.Gatherer is required"))
 	}
+	if cfg.RequestTimeout >= cfg.WriteTimeout {
+		errs = append(errs, fmt.Errorf("request timeout %s must be shorter than the write timeout %s, "+
+			"or a late answer is never written", cfg.RequestTimeout, cfg.WriteTimeout))
+	}
 	tokens, err := hashTokens(cfg.Token, cfg.Tokens)
 	if err != nil {
 		errs = append(errs, err)
@@ -232,8 +243,20 @@ func (s *Server) routes() http.Handler {
 	h = s.authenticate(h)
 	h = s.browserGuard(h)
 	h = s.logRequests(h)
+	h = s.withDeadline(h)
 	h = s.recoverer(h)
 	return h
+}
+
+// withDeadline gives every request the deadline Config.RequestTimeout, so
+// handlers that wait (publish, dry-run slots) answer before the server's
+// write timeout cuts the connection.
+func (s *Server) withDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		defer cancel()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
 // Handler returns the server's full handler, middleware included.

@@ -41,12 +41,23 @@ type Config struct {
 	Log       Log       `yaml:"log"`
 	Metrics   Metrics   `yaml:"metrics"`
 	History   History   `yaml:"history"`
-	// DataDir is where eventpipe keeps its files (the SQLite history
-	// database). Default "data", relative to the working directory.
+	// DataDir is where eventpipe keeps its files across restarts: the
+	// SQLite history database and the marks of events being evaluated
+	// (crash evidence). Default "data", relative to the working directory.
 	// Env EVENTPIPE_DATA_DIR.
 	DataDir string `yaml:"data_dir"`
 	// ShutdownTimeout bounds a graceful shutdown. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Readiness configures /readyz.
+	Readiness Readiness `yaml:"readiness"`
+}
+
+// Readiness configures what /readyz checks beyond the router and broker.
+type Readiness struct {
+	// StallTimeout: a handler whose subscription has a backlog but has
+	// made no progress for this long makes the process not ready. 0 means
+	// the consumer package's default (2m).
+	StallTimeout time.Duration `yaml:"stall_timeout"`
 }
 
 // Broker selects and configures the message broker.
@@ -178,6 +189,34 @@ type Rules struct {
 	// File is the seed-format rules YAML. Default "" (no rules).
 	// Env EVENTPIPE_RULES_FILE.
 	File string `yaml:"file"`
+	// MaxFileBytes bounds the rules file; a larger one is refused at load.
+	// 0 means the rule store's default (16 MiB).
+	MaxFileBytes int64 `yaml:"max_file_bytes"`
+	// Budget bounds what rules may cost. Zero fields take the rules
+	// package's defaults; it checks them.
+	Budget RulesBudget `yaml:"budget"`
+}
+
+// RulesBudget is the YAML of rules.Budget: what one condition, one event
+// and one rule set may cost.
+type RulesBudget struct {
+	// ConditionMemory bounds the bytes one condition may allocate on an
+	// event of event.max_bytes, by the estimate at load. Default 64 MiB.
+	ConditionMemory int64 `yaml:"condition_memory"`
+	// ConditionTime bounds one condition's estimated time on an event of
+	// event.max_bytes. Default 1s.
+	ConditionTime time.Duration `yaml:"condition_time"`
+	// EventTime bounds the time all conditions of one event may take
+	// (estimate before, measured during); an event over it is poisoned.
+	// Default 5s.
+	EventTime time.Duration `yaml:"event_time"`
+	// MaxRegexpProgram bounds a matches pattern's RE2 program. Default 1000.
+	MaxRegexpProgram int `yaml:"max_regexp_program"`
+	// MaxRules bounds the rule count. Default 20000.
+	MaxRules int `yaml:"max_rules"`
+	// ConcurrentEvaluations bounds the events evaluated at once, dry runs
+	// included. Default GOMAXPROCS.
+	ConcurrentEvaluations int `yaml:"concurrent_evaluations"`
 }
 
 // Event configures event parsing.
@@ -256,6 +295,9 @@ type ShellExecutor struct {
 	// AllowedCommands are absolute paths of the only programs shell tasks may
 	// run. Default none (every shell task fails permanently).
 	AllowedCommands []string `yaml:"allowed_commands"`
+	// AllowShell permits a shell or interpreter (sh, bash, python, env, ...)
+	// in AllowedCommands, which is refused by default. Default false.
+	AllowShell bool `yaml:"allow_shell"`
 	// MaxOutputBytes bounds captured output. Default 64 KiB.
 	MaxOutputBytes int `yaml:"max_output_bytes"`
 	// DefaultTimeout applies when a task sets no timeout. Default 1m.

@@ -47,6 +47,43 @@ type ShellConfig struct {
 	DefaultTimeout time.Duration
 	// Dir is the working directory of every program; default the process's.
 	Dir string
+	// AllowShell lets AllowedCommands name a shell or an interpreter that
+	// runs code given in its arguments (sh, bash, python, env, ...): with
+	// one, a task's args are a program, and event content filling an
+	// argument can choose what runs. Default false: NewShell refuses them.
+	AllowShell bool
+}
+
+// interpreters are the programs that run code given in their arguments
+// (sh -c, python -c, env prog, busybox applet), by base name without a
+// version suffix.
+var interpreters = map[string]bool{
+	"sh": true, "bash": true, "dash": true, "zsh": true, "ksh": true, "mksh": true, "csh": true, "tcsh": true,
+	"fish": true, "ash": true, "busybox": true, "env": true, "python": true, "perl": true, "ruby": true,
+	"node": true, "nodejs": true, "php": true, "lua": true, "tclsh": true, "xargs": true, "sudo": true,
+}
+
+// checkAllowed refuses an allowed command that is a directory, or a shell
+// or interpreter without allowShell. A symlink is judged by what it
+// points to too (/bin/sh is dash on Debian).
+func checkAllowed(i int, path string, allowShell bool) error {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return fmt.Errorf("shell.allowed_commands[%d] %q is a directory, not a program", i, path)
+	}
+	if allowShell {
+		return nil
+	}
+	names := []string{filepath.Base(path)}
+	if resolved, err := filepath.EvalSymlinks(path); err == nil {
+		names = append(names, filepath.Base(resolved))
+	}
+	for _, n := range names {
+		if interpreters[strings.TrimRight(n, "0123456789.-")] {
+			return fmt.Errorf("shell.allowed_commands[%d] %q is a shell or interpreter (%s): its arguments are a program, "+
+				"so event content in an argument could choose what runs; allow it with executors.shell.allow_shell: true", i, path, n)
+		}
+	}
+	return nil
 }
 
 type shellExecutor struct {
@@ -91,6 +128,10 @@ func NewShell(cfg ShellConfig) (Executor, error) {
 		case c == "":
 			errs = append(errs, fmt.Errorf("shell.allowed_commands[%d] is empty", i))
 		case filepath.IsAbs(c):
+			if err := checkAllowed(i, filepath.Clean(c), cfg.AllowShell); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			e.paths[filepath.Clean(c)] = true
 		case strings.ContainsRune(c, '/'):
 			errs = append(errs, fmt.Errorf("shell.allowed_commands[%d] %q: want an absolute path or a bare name", i, c))
@@ -103,6 +144,10 @@ func NewShell(cfg ShellConfig) (Executor, error) {
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("shell.allowed_commands[%d] %q: %w", i, c, err))
+				continue
+			}
+			if err := checkAllowed(i, filepath.Clean(path), cfg.AllowShell); err != nil {
+				errs = append(errs, err)
 				continue
 			}
 			e.byName[c] = filepath.Clean(path)

@@ -209,7 +209,7 @@ func TestShell_bounds_output(t *testing.T) {
 func TestShell_environment_is_minimal_and_carries_the_task(t *testing.T) {
 	t.Parallel()
 	require.Equal(t, "hunter2", os.Getenv(secretEnv), "precondition: the parent has the variable")
-	e := newShell(t, executor.ShellConfig{AllowedCommands: []string{"env"}})
+	e := newShell(t, executor.ShellConfig{AllowedCommands: []string{"env"}, AllowShell: true})
 	tk := newTask(map[string]any{
 		"command":     "env",
 		"orderId":     "order-12345",
@@ -387,7 +387,7 @@ func TestShell_nonzero_exit_is_retryable_with_code_and_output_tail(t *testing.T)
 func TestShell_error_tail_is_the_end_of_truncated_output(t *testing.T) {
 	t.Parallel()
 	const allowed = "/bin/sh"
-	e := newShell(t, executor.ShellConfig{AllowedCommands: []string{allowed}, MaxOutputBytes: 10})
+	e := newShell(t, executor.ShellConfig{AllowedCommands: []string{allowed}, MaxOutputBytes: 10, AllowShell: true})
 
 	// The rule author's own script: a long output whose last line explains the failure.
 	_, err := e.Execute(t.Context(), newTask(map[string]any{
@@ -443,6 +443,39 @@ func TestNewShell_rejects_bad_config(t *testing.T) {
 			assert.Nil(t, e)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.wantErr)
+		})
+	}
+}
+
+// A shell, an interpreter or a directory on the allowlist is refused at
+// start unless allow_shell says so: with sh allowed, an argument filled
+// from the event (sh -c ${payload.x}) is a program.
+func TestNewShell_refuses_shells_and_directories_on_the_allowlist(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		allowed    string
+		allowShell bool
+		want       string
+	}{
+		{name: "bin_sh", allowed: "/bin/sh", want: `shell.allowed_commands[0] "/bin/sh" is a shell or interpreter (sh)`},
+		{name: "bare_bash", allowed: "bash", want: "is a shell or interpreter (bash)"},
+		{name: "env", allowed: "/usr/bin/env", want: "is a shell or interpreter (env)"},
+		{name: "directory", allowed: "/usr/bin", want: `shell.allowed_commands[0] "/usr/bin" is a directory, not a program`},
+		{name: "directory_even_with_allow_shell", allowed: "/usr/bin", allowShell: true, want: "is a directory"},
+		{name: "sh_with_allow_shell", allowed: "/bin/sh", allowShell: true},
+		{name: "echo", allowed: "/bin/echo"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := executor.NewShell(executor.ShellConfig{AllowedCommands: []string{tt.allowed}, AllowShell: tt.allowShell})
+			if tt.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
 		})
 	}
 }

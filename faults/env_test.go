@@ -64,6 +64,10 @@ type options struct {
 	prefetch int
 	// publishTimeout is broker.kafka/amqp.publish_timeout; default 30s.
 	publishTimeout time.Duration
+	// extra are further config keys: a map is merged into the key's map
+	// (extra["rules"]["budget"] adds rules.budget), any other value
+	// replaces the key's.
+	extra map[string]any
 }
 
 // env is one scenario on one broker: unique topics, exchange and consumer
@@ -161,9 +165,22 @@ func (e *env) writeConfig() {
 		}},
 		"log":              map[string]any{"format": "json", "level": "info"},
 		"shutdown_timeout": e.opts.shutdown.String(),
+		// Crash marks of this scenario's processes only.
+		"data_dir": filepath.Join(e.dir, "data"),
 	}
 	if e.kafka != nil {
 		cfg["broker"].(map[string]any)["kafka"].(map[string]any)["brokers"] = []string{e.kafka.addr}
+	}
+	for k, v := range e.opts.extra {
+		into, ok1 := cfg[k].(map[string]any)
+		from, ok2 := v.(map[string]any)
+		if !ok1 || !ok2 {
+			cfg[k] = v
+			continue
+		}
+		for kk, vv := range from {
+			into[kk] = vv
+		}
 	}
 	b, err := yaml.Marshal(cfg)
 	require.NoError(e.t, err)

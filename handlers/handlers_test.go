@@ -23,6 +23,7 @@ import (
 	"github.com/eventpipe/eventpipe/handlers"
 	"github.com/eventpipe/eventpipe/middleware"
 	"github.com/eventpipe/eventpipe/permanent"
+	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/task"
 )
 
@@ -49,7 +50,9 @@ func (r *recorder) Close() error { return nil }
 
 type matcherFunc func(*event.Event) ([]task.Task, error)
 
-func (f matcherFunc) Match(ev *event.Event) ([]task.Task, error) { return f(ev) }
+func (f matcherFunc) Evaluate(_ context.Context, ev *event.Event, _ rules.Evaluation) ([]task.Task, error) {
+	return f(ev)
+}
 
 const goodEvent = `{"messageId":"e1","eventType":"order.created","payload":{"orderId":"o1"},"metadata":{"traceId":"tr-1"}}`
 

@@ -4,6 +4,7 @@ package handlers
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,18 +20,33 @@ import (
 	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
+	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/task"
 )
 
-// Matcher turns an event into the tasks its rules make. *rules.Engine is one.
+// Matcher turns an event into the tasks its rules make, within the rules'
+// evaluation budget. *rules.Engine is one.
 type Matcher interface {
-	Match(ev *event.Event) ([]task.Task, error)
+	Evaluate(ctx context.Context, ev *event.Event, opts rules.Evaluation) ([]task.Task, error)
+}
+
+// CrashMarks keeps evidence that an event was being evaluated when the
+// process stopped. *crashmark.Dir is one.
+type CrashMarks interface {
+	rules.CrashGuard
+	// Crashed reports whether eventID was being evaluated when a previous
+	// process stopped, and clears that evidence.
+	Crashed(eventID string) bool
 }
 
 // Trigger turns events into tasks on the tasks topic.
 type Trigger struct {
-	Parser     event.Parser
-	Rules      Matcher
+	Parser event.Parser
+	Rules  Matcher
+	// Crashes, when set, marks events with expensive conditions while they
+	// are evaluated and poisons one whose evaluation a previous process
+	// never finished, so no event can take the process down twice.
+	Crashes    CrashMarks
 	Publisher  message.Publisher
 	TasksTopic string
 	Metrics    *metrics.Metrics
@@ -65,7 +81,28 @@ func (t *Trigger) Handle(msg *message.Message) error {
 	if corr == "" {
 		corr = ev.MessageID
 	}
-	tasks, matchErr := t.Rules.Match(ev)
+	if err := t.handle(msg, ev, corr); err != nil {
+		// So the poison and retry log lines of this message name it. Only
+		// on failure: setting metadata costs an allocation per event.
+		if wmw.MessageCorrelationID(msg) == "" {
+			wmw.SetCorrelationID(corr, msg)
+		}
+		return err
+	}
+	return nil
+}
+
+// handle is Handle once the event is parsed.
+func (t *Trigger) handle(msg *message.Message, ev *event.Event, corr string) error {
+	opts := rules.Evaluation{Size: len(msg.Payload)}
+	if t.Crashes != nil {
+		if t.Crashes.Crashed(ev.MessageID) {
+			return permanent.Wrap(&rules.BudgetError{EventID: ev.MessageID, Reason: "the process stopped (crash or kill) " +
+				"while evaluating this event's conditions; it is poisoned so it cannot stop the process again"})
+		}
+		opts.Guard = t.Crashes
+	}
+	tasks, matchErr := t.Rules.Evaluate(msg.Context(), ev, opts)
 	if len(tasks) > 0 {
 		msgs := make([]*message.Message, len(tasks))
 		for i := range tasks {

@@ -160,9 +160,16 @@ func PoisonQueue(pub message.Publisher, topic string, hm *metrics.Handler, logge
 			if err == nil && d.poisonReason != "" {
 				hm.Poisoned(d.poisonReason)
 				if logger != nil {
+					// A message that failed before its handler read an id
+					// from it (an event that does not parse) is named by
+					// its UUID, so the line can still be followed.
+					corr := wmw.MessageCorrelationID(msg)
+					if corr == "" {
+						corr = msg.UUID
+					}
 					logger.Error("message poisoned", errors.New(msg.Metadata.Get(wmw.ReasonForPoisonedKey)), watermill.LogFields{
 						"message_uuid": msg.UUID, "poison_topic": topic, "reason_kind": d.poisonReason,
-						"correlation_id": wmw.MessageCorrelationID(msg),
+						"correlation_id": corr,
 					})
 				}
 			}

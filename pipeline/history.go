@@ -206,7 +206,7 @@ func (d historyDeadLetters) ReplayPoison(ctx context.Context, topic string,
 // embedded broker the poison messages the history keeps.
 func (p *Pipeline) apiDeps() api.Deps {
 	d := api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
-		Rules: p.rules, RuleOptions: ruleOptions(p.executors.Names()),
+		Rules: p.rules, RuleOptions: p.ruleOpts,
 		PoisonTopics: []string{p.cfg.Topics.Poison(p.cfg.Topics.Events), p.cfg.Topics.Poison(p.cfg.Topics.Tasks)},
 		PoisonSuffix: p.cfg.Topics.PoisonSuffix}
 	if p.history != nil {

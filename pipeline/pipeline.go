@@ -13,8 +13,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -25,12 +28,14 @@ import (
 	"github.com/eventpipe/eventpipe/api"
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/crashmark"
 	"github.com/eventpipe/eventpipe/event"
 	"github.com/eventpipe/eventpipe/executor"
 	"github.com/eventpipe/eventpipe/handlers"
 	"github.com/eventpipe/eventpipe/history"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/middleware"
+	"github.com/eventpipe/eventpipe/progress"
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/rulestore"
 	"github.com/eventpipe/eventpipe/task"
@@ -47,9 +52,18 @@ type Pipeline struct {
 	ownBroker bool
 	engine    *rules.Engine
 	rules     *rulestore.Store
-	executors *executor.Registry
-	router    *message.Router
-	server    *api.Server
+	crashes   *crashmark.Dir
+	progress  *progress.Tracker
+	// backlog is the broker's last reported backlog, by topic (nil until
+	// the first report, or when the broker cannot tell).
+	backlog atomic.Pointer[progress.Backlog]
+	// backlogErr is set while the broker's backlog cannot be read.
+	backlogErr atomic.Pointer[backlogFailure]
+	executors  *executor.Registry
+	router     *message.Router
+	server     *api.Server
+	// ruleOpts check every rule: load, reload, API and dry run alike.
+	ruleOpts []rules.Option
 	// history and recorder are nil when history.store is none.
 	history  *history.Store
 	recorder *history.Recorder
@@ -81,7 +95,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{})}
+	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{}), progress: progress.NewTracker()}
 	if p.log == nil {
 		p.log = NewLogger(cfg.Log, os.Stderr)
 	}
@@ -98,6 +112,11 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	if p.executors, err = buildExecutors(cfg, p.log, o.executors); err != nil {
 		return nil, err
 	}
+	budget := ruleBudget(cfg)
+	if err := budget.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	p.ruleOpts = ruleOptions(cfg, p.executors.Names(), rules.NewGate(budget.ConcurrentEvaluations))
 	if err = p.openHistory(); err != nil {
 		return nil, err
 	}
@@ -105,11 +124,19 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	if p.history != nil {
 		changes = p.history
 	}
-	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, p.executors.Names(), changes); err != nil {
+	if p.rules, err = openRuleStore(cfg, p.log, p.metrics, p.ruleOpts, changes); err != nil {
 		_ = p.Close()
 		return nil, err
 	}
 	p.recordLoadedRules()
+	if p.crashes, err = crashmark.Open(crashDir(cfg)); err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	if n := p.crashes.Left(); n > 0 {
+		p.log.Warn("events were being evaluated when the last process stopped; each is poisoned when it comes back",
+			"events", n, "dir", crashDir(cfg))
+	}
 	p.engine = p.rules.Engine()
 	// Watermill logs some per-message events at Info (e.g. GoChannel's "No
 	// subscribers to send message"); eventpipe keeps Info for lifecycle lines.
@@ -148,6 +175,7 @@ func buildExecutors(cfg *config.Config, log *slog.Logger, extra []namedExecutor)
 	reg := executor.NewRegistry()
 	shell, err := executor.NewShell(executor.ShellConfig{
 		AllowedCommands: cfg.Executors.Shell.AllowedCommands,
+		AllowShell:      cfg.Executors.Shell.AllowShell,
 		MaxOutputBytes:  cfg.Executors.Shell.MaxOutputBytes,
 		DefaultTimeout:  cfg.Executors.Shell.DefaultTimeout,
 	})
@@ -189,6 +217,7 @@ func (p *Pipeline) buildRouter(wlog watermill.LoggerAdapter, o *options) error {
 	trigger := &handlers.Trigger{
 		Parser:     event.Parser{MaxBytes: cfg.Event.MaxBytes},
 		Rules:      p.engine,
+		Crashes:    p.crashes,
 		Publisher:  pub,
 		TasksTopic: cfg.Topics.Tasks,
 		Metrics:    p.metrics,
@@ -262,7 +291,9 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 		if n > 1 {
 			hname = name + "-" + strconv.Itoa(i+1)
 		}
-		router.AddConsumerHandler(hname, topic, sub, fn).AddMiddleware(mws...)
+		// Progress is outermost: readiness must see every message taken.
+		router.AddConsumerHandler(hname, topic, sub, fn).
+			AddMiddleware(append([]message.HandlerMiddleware{p.progress.Middleware(hname, topic)}, mws...)...)
 	}
 	return nil
 }
@@ -325,7 +356,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	defer stopServe()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- p.server.Serve(serveCtx, ln) }()
-	go p.reportBacklog(serveCtx, backlogInterval)
+	go p.reportBacklog(serveCtx, min(backlogInterval, p.stallTimeout()/4))
 	p.log.Info("eventpipe running", "broker", p.cfg.Broker.Kind, "http_addr", ln.Addr().String(),
 		"rules", len(p.engine.Set().Rules()), "executors", p.executors.Names())
 
@@ -350,14 +381,32 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return p.shutdown(failure, stopAt)
 }
 
+// crashDir is where the marks of events being evaluated are kept.
+func crashDir(cfg *config.Config) string {
+	dir := cfg.DataDir
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "eventpipe")
+	}
+	return filepath.Join(dir, "evaluating")
+}
+
+// stallTimeout is readiness.stall_timeout or its default.
+func (p *Pipeline) stallTimeout() time.Duration {
+	if p.cfg.Readiness.StallTimeout > 0 {
+		return p.cfg.Readiness.StallTimeout
+	}
+	return progress.DefaultStallTimeout
+}
+
 // backlogInterval is how often queue_backlog is refreshed from the broker.
 const backlogInterval = 5 * time.Second
 
-// reportBacklog exports the broker's backlog as queue_backlog until ctx
-// ends, if the broker can tell it and metrics are on.
+// reportBacklog reads the broker's backlog until ctx ends, if the broker
+// can tell it: readiness uses the last reading, and queue_backlog exports
+// it when metrics are on.
 func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
 	reporter, ok := p.broker.(broker.BacklogReporter)
-	if !ok || p.metrics == nil {
+	if !ok {
 		return
 	}
 	ticker := time.NewTicker(every)
@@ -366,9 +415,19 @@ func (p *Pipeline) reportBacklog(ctx context.Context, every time.Duration) {
 		backlog, err := reporter.Backlog(ctx)
 		if err != nil {
 			p.log.Warn("read queue backlog", "error", err)
+			p.backlogErr.Store(&backlogFailure{err: err, since: p.backlogFailingSince()})
+		} else {
+			byTopic := progress.Backlog{}
+			for _, b := range backlog {
+				byTopic[b.Topic] += b.Messages
+			}
+			p.backlog.Store(&byTopic)
+			p.backlogErr.Store(nil)
 		}
-		for _, b := range backlog {
-			p.metrics.SetQueueBacklog(b.Topic, b.Partition, float64(b.Messages))
+		if p.metrics != nil {
+			for _, b := range backlog {
+				p.metrics.SetQueueBacklog(b.Topic, b.Partition, float64(b.Messages))
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -440,7 +499,10 @@ func (p *Pipeline) Addr(ctx context.Context) string {
 // Running is closed once the router consumes messages.
 func (p *Pipeline) Running() <-chan struct{} { return p.router.Running() }
 
-// Ready reports whether the router is running and the broker reachable.
+// Ready reports whether the router is running, the broker reachable, every
+// subscribed topic assigned to this process (when the broker can tell, see
+// progress.AssignmentReporter) and every topic with a backlog consumed
+// within readiness.stall_timeout.
 func (p *Pipeline) Ready(ctx context.Context) error {
 	if !p.router.IsRunning() || p.router.IsClosed() {
 		return errors.New("router is not running")
@@ -448,7 +510,39 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 	if err := p.broker.Ping(ctx); err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	if ar, ok := p.broker.(progress.AssignmentReporter); ok {
+		topics, err := ar.Unassigned(ctx)
+		if err != nil {
+			return fmt.Errorf("broker assignment: %w", err)
+		}
+		if len(topics) > 0 {
+			return fmt.Errorf("no partition assigned to this process for %s", strings.Join(topics, ", "))
+		}
+	}
+	if f := p.backlogErr.Load(); f != nil && time.Since(f.since) > p.stallTimeout() {
+		// Topics lost after a broker restart look like this: whether
+		// anything waits is unknown, and nothing may be consumed.
+		return fmt.Errorf("the broker's backlog cannot be read since %s (readiness.stall_timeout %s): %w",
+			f.since.UTC().Format(time.RFC3339), p.stallTimeout(), f.err)
+	}
+	if b := p.backlog.Load(); b != nil {
+		return p.progress.Stalled(*b, p.stallTimeout())
+	}
 	return nil
+}
+
+// backlogFailure is a failing backlog read and when the failures began.
+type backlogFailure struct {
+	err   error
+	since time.Time
+}
+
+// backlogFailingSince is when the current run of failed backlog reads began.
+func (p *Pipeline) backlogFailingSince() time.Time {
+	if f := p.backlogErr.Load(); f != nil {
+		return f.since
+	}
+	return time.Now()
 }
 
 // Engine returns the rule engine the trigger handler matches with. Its rule

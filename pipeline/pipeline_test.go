@@ -60,6 +60,12 @@ type harness struct {
 // task types get an executor that succeeds at once.
 func newHarness(t *testing.T, mutate func(*config.Config), execs map[string]executor.Executor) *harness {
 	t.Helper()
+	return newHarnessWith(t, mutate, execs)
+}
+
+// newHarnessWith is newHarness with further pipeline options.
+func newHarnessWith(t *testing.T, mutate func(*config.Config), execs map[string]executor.Executor, extra ...pipeline.Option) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	rulesFile := filepath.Join(dir, "rules.yaml")
 	require.NoError(t, os.WriteFile(rulesFile, []byte(testRules), 0o600))
@@ -69,6 +75,7 @@ func newHarness(t *testing.T, mutate func(*config.Config), execs map[string]exec
 	cfg.Retry.InitialInterval = time.Millisecond
 	cfg.Retry.MaxInterval = 5 * time.Millisecond
 	cfg.ShutdownTimeout = 2 * time.Second
+	cfg.DataDir = dir
 	if mutate != nil {
 		mutate(cfg)
 	}
@@ -83,7 +90,7 @@ func newHarness(t *testing.T, mutate func(*config.Config), execs map[string]exec
 		}
 		opts = append(opts, pipeline.WithExecutor(name, e))
 	}
-	p, err := pipeline.New(cfg, opts...)
+	p, err := pipeline.New(cfg, append(opts, extra...)...)
 	require.NoError(t, err)
 	h := &harness{t: t, p: p, broker: b, done: make(chan error, 1)}
 	var ctx context.Context

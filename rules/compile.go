@@ -70,6 +70,22 @@ type Option func(*options)
 
 type options struct {
 	taskTypes map[string]bool
+	budget    Budget
+	gate      *Gate
+	checks    []RuleCheck
+}
+
+// RuleCheck is a check a rule must pass to be accepted, beyond the rules
+// package's own (id, event type, task type, condition and its cost,
+// templates). It returns the rule's problems, each naming its field; the
+// rule id and, in files, the line are filled in by the caller. Executors'
+// parameter specs plug in here, so the rules file, the rules API and dry
+// runs refuse the same rules for the same reasons.
+type RuleCheck func(r *Rule) []*FieldError
+
+// WithRuleCheck adds a check every rule must pass (see RuleCheck).
+func WithRuleCheck(check RuleCheck) Option {
+	return func(o *options) { o.checks = append(o.checks, check) }
 }
 
 // WithTaskTypes makes Compile reject a rule whose taskType is not one of
@@ -94,10 +110,12 @@ type compiledRule struct {
 	// patternWords is nil for an exact type.
 	patternWords []string
 	program      *vm.Program
-	priority     string // upper case, or "" for the event's
-	taskName     *template
-	partition    *template
-	params       node
+	// cost bounds the condition's cost per event size (nil: no condition).
+	cost      *costLadder
+	priority  string // upper case, or "" for the event's
+	taskName  *template
+	partition *template
+	params    node
 	// hasParams keeps a nil Parameters nil in Rules; rule.Parameters
 	// itself is dropped, params holds it.
 	hasParams bool
@@ -113,19 +131,37 @@ func (r *compiledRule) matches(typ string, words []string) bool {
 
 // Set is an immutable, compiled rule set. It is safe for concurrent use.
 type Set struct {
-	rules []*compiledRule
-	idx   *index
+	rules  []*compiledRule
+	idx    *index
+	budget Budget
+	gate   *Gate
 }
 
 // Compile validates and compiles rs. It returns every problem of every rule,
 // joined with errors.Join, each a *FieldError naming the rule id and field;
 // condition errors carry expr's line:column position.
 func Compile(rs []Rule, opts ...Option) (*Set, error) {
+	return Recompile(nil, rs, nil, opts...)
+}
+
+// Recompile is Compile for next, a changed copy of the rules prev was
+// compiled from: every rule for which unchanged(i) is true and whose id is
+// in prev is taken from prev instead of compiled again, so changing one rule
+// of a large set compiles one rule. opts must be the ones prev was compiled
+// with.
+func Recompile(prev *Set, next []Rule, unchanged func(i int) bool, opts ...Option) (*Set, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s, probs := compile(rs, &o)
+	o.budget.SetDefaults()
+	if err := o.budget.Validate(); err != nil {
+		return nil, err
+	}
+	if len(next) > o.budget.MaxRules {
+		return nil, fmt.Errorf("%d rules, more than %d (rules.budget.max_rules)", len(next), o.budget.MaxRules)
+	}
+	s, probs := compile(next, &o, prev, unchanged)
 	var errs []error
 	for _, ps := range probs {
 		for _, p := range ps {
@@ -141,12 +177,30 @@ func Compile(rs []Rule, opts ...Option) (*Set, error) {
 
 // compile returns the compiled rules and, per rule, its problems. The
 // caller builds the index once there are none.
-func compile(rs []Rule, o *options) (*Set, [][]*FieldError) {
-	s := &Set{rules: make([]*compiledRule, 0, len(rs))}
+func compile(rs []Rule, o *options, prev *Set, unchanged func(i int) bool) (*Set, [][]*FieldError) {
+	o.budget.SetDefaults()
+	s := &Set{rules: make([]*compiledRule, 0, len(rs)), budget: o.budget, gate: o.gate}
+	if s.gate == nil {
+		s.gate = defaultGate
+	}
 	probs := make([][]*FieldError, len(rs))
 	seen := make(map[string]bool, len(rs))
+	var reuse map[string]*compiledRule
+	if prev != nil && unchanged != nil {
+		reuse = make(map[string]*compiledRule, len(prev.rules))
+		for _, r := range prev.rules {
+			reuse[r.rule.RuleID] = r
+		}
+	}
 	for i := range rs {
-		cr, ps := compileRule(rs[i], o)
+		var cr *compiledRule
+		var ps []*FieldError
+		if old, ok := reuse[rs[i].RuleID]; ok && unchanged(i) {
+			cp := *old // order differs; the rest is read-only once compiled
+			cr = &cp
+		} else {
+			cr, ps = compileRule(rs[i], o)
+		}
 		if id := rs[i].RuleID; id != "" {
 			if seen[id] {
 				ps = append(ps, &FieldError{Field: "ruleId", Reason: fmt.Sprintf("duplicate ruleId %q", truncate(id, 140))})
@@ -171,8 +225,11 @@ func ruleRef(id string, i int) string {
 	return "#" + strconv.Itoa(i+1)
 }
 
-// compileRule validates r and builds what matching needs. It returns every
-// problem; the rule is usable only when there are none.
+// compileRule validates r and builds what matching needs. It is the one
+// place that decides whether a rule is acceptable, for the rules file, the
+// rules API and dry runs alike: its own checks, the condition's cost within
+// the budget (WithBudget), and the checks given with WithRuleCheck. It
+// returns every problem; the rule is usable only when there are none.
 func compileRule(r Rule, o *options) (*compiledRule, []*FieldError) {
 	var probs []*FieldError
 	add := func(field, format string, args ...any) {
@@ -216,10 +273,10 @@ func compileRule(r Rule, o *options) (*compiledRule, []*FieldError) {
 		add("priority", "%q must be HIGH, MEDIUM or LOW", truncate(r.Priority, 64))
 	}
 
-	if prog, err := compileCondition(r.Condition); err != nil {
+	if prog, cost, err := compileCondition(r.Condition, &o.budget); err != nil {
 		add("condition", "%v", err)
 	} else {
-		cr.program = prog
+		cr.program, cr.cost = prog, cost
 	}
 
 	name := r.TaskName
@@ -238,6 +295,9 @@ func compileRule(r Rule, o *options) (*compiledRule, []*FieldError) {
 	}
 	cr.params = compileValue(params, "parameters", 0, &probs)
 	checkParams(r.TaskType, &cr.params, &probs)
+	for _, check := range o.checks {
+		probs = append(probs, check(&r)...)
+	}
 	return cr, probs
 }
 
@@ -255,20 +315,31 @@ func stringTemplate(field, s string, probs *[]*FieldError) *template {
 	return t
 }
 
-// compileCondition compiles a condition once. Empty means true (nil program).
-func compileCondition(cond string) (*vm.Program, error) {
+// compileCondition compiles a condition once and bounds its cost within b.
+// Empty means true (nil program, no cost).
+func compileCondition(cond string, b *Budget) (*vm.Program, *costLadder, error) {
 	if strings.TrimSpace(cond) == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if len(cond) > maxConditionLen {
-		return nil, fmt.Errorf("longer than %d bytes", maxConditionLen)
+		return nil, nil, fmt.Errorf("longer than %d bytes", maxConditionLen)
 	}
 	// Refusals look at the condition as written, before expr compiles it.
 	// A syntax error is left for expr.Compile to report.
-	if tree, err := parser.Parse(cond); err == nil {
+	tree, parseErr := parser.Parse(cond)
+	at := func(n ast.Node) string {
+		fe := (&file.Error{Location: n.Location()}).Bind(tree.Source)
+		return fmt.Sprintf("%d:%d", fe.Line, fe.Column+1)
+	}
+	// Problems found by the cost model point at where the costly part
+	// begins, which reads better than expr's operator position.
+	atStart := func(n ast.Node) string {
+		fe := (&file.Error{Location: start(n)}).Bind(tree.Source)
+		return fmt.Sprintf("%d:%d", fe.Line, fe.Column+1)
+	}
+	if parseErr == nil {
 		if n, reason := refusal(tree.Node); n != nil {
-			fe := (&file.Error{Location: n.Location()}).Bind(tree.Source)
-			return nil, fmt.Errorf("%d:%d: %s", fe.Line, fe.Column+1, reason)
+			return nil, nil, fmt.Errorf("%s: %s", at(n), reason)
 		}
 	}
 	prog, err := expr.Compile(cond, conditionOptions...)
@@ -277,17 +348,119 @@ func compileCondition(cond string) (*vm.Program, error) {
 		if !errors.As(err, &fe) {
 			// Errors about the whole condition (AsBool's "expected bool")
 			// carry no position: the whole condition starts at 1:1.
-			return nil, fmt.Errorf("1:1: %w", err)
+			return nil, nil, fmt.Errorf("1:1: %w", err)
 		}
-		return nil, fmt.Errorf("%d:%d: %s", fe.Line, fe.Column+1, fe.Message)
+		return nil, nil, fmt.Errorf("%d:%d: %s", fe.Line, fe.Column+1, fe.Message)
 	}
 	// AsBool only rejects a result whose type is known; `payload.amount + 1`
 	// has an unknown type and would fail on every event, so catch it here.
 	if n := prog.Node(); notBool(n) {
 		fe := (&file.Error{Location: n.Location()}).Bind(prog.Source())
-		return nil, fmt.Errorf("%d:%d: expected a boolean condition, got a %s", fe.Line, fe.Column+1, describe(n))
+		return nil, nil, fmt.Errorf("%d:%d: expected a boolean condition, got a %s", fe.Line, fe.Column+1, describe(n))
 	}
-	return prog, nil
+	if n, what := unknownResult(tree.Node); n != nil {
+		return nil, nil, fmt.Errorf("%s: expected a boolean condition, but %s may be any value, and every event where it "+
+			"is not a boolean would be poisoned: compare it (%s == true, %s > 0, %s != \"\")", atStart(n), what, what, what, what)
+	}
+	cost, err := costOf(tree.Node, b, atStart)
+	if err != nil {
+		return nil, nil, err
+	}
+	return prog, cost, nil
+}
+
+// start is where n's text begins: expr places a member access on its
+// dot, and a binary expression on its operator.
+func start(n ast.Node) file.Location {
+	var f firstLocation
+	f.loc = n.Location()
+	ast.Walk(&n, &f)
+	return f.loc
+}
+
+type firstLocation struct{ loc file.Location }
+
+func (f *firstLocation) Visit(n *ast.Node) {
+	if l := (*n).Location(); l.From < f.loc.From && (l.From > 0 || l.To > 0) {
+		f.loc = l
+	}
+}
+
+// costOf estimates a condition at every ladder size up to the largest event
+// and refuses it when its cost there is over the budget, naming the part
+// that costs most.
+func costOf(root ast.Node, b *Budget, position func(ast.Node) string) (*costLadder, error) {
+	l := &costLadder{}
+	for _, size := range ladder {
+		if size >= b.MaxEventBytes {
+			break
+		}
+		c, _, _, _ := estimate(root, size, b.MaxRegexpProgram)
+		l.sizes, l.costs = append(l.sizes, size), append(l.costs, c)
+	}
+	c, refused, reason, top := estimate(root, b.MaxEventBytes, b.MaxRegexpProgram)
+	if refused != nil {
+		return nil, fmt.Errorf("%s: %s", position(refused), reason)
+	}
+	l.sizes, l.costs = append(l.sizes, b.MaxEventBytes), append(l.costs, c)
+	if c.Memory <= b.ConditionMemory && c.Time <= b.ConditionTime {
+		return l, nil
+	}
+	where := position(root)
+	what := ""
+	if top != nil {
+		where, what = position(top), fmt.Sprintf(" most of it in %s;", truncate(top.String(), 60))
+	}
+	return nil, fmt.Errorf("%s: on an event of %s this condition may allocate %s and take %s, over the budget of %s "+
+		"(rules.budget.condition_memory) and %s (rules.budget.condition_time) per condition;%s each + copies both "+
+		"operands, each matches costs the input times the pattern's program, and a body over a list runs once per item",
+		where, byteSize(int64(b.MaxEventBytes)), byteSize(c.Memory), c.Time.Round(time.Millisecond),
+		byteSize(b.ConditionMemory), b.ConditionTime, what)
+}
+
+// byteSize prints n bytes in the largest binary unit that keeps it >= 1.
+func byteSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, units := float64(n), []string{"KiB", "MiB", "GiB", "TiB", "PiB"}
+	i := -1
+	for f >= unit && i < len(units)-1 {
+		f /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
+
+// unknownResult returns the node whose value decides the condition's result
+// when that value is not known to be a boolean (a field of the event, an
+// item of a list), with its text; nil when every result is a boolean by
+// construction.
+func unknownResult(n ast.Node) (ast.Node, string) {
+	switch x := n.(type) {
+	case *ast.BinaryNode:
+		if x.Operator == "??" {
+			if bad, what := unknownResult(x.Left); bad != nil {
+				return bad, what
+			}
+			return unknownResult(x.Right)
+		}
+		return nil, ""
+	case *ast.ConditionalNode:
+		if bad, what := unknownResult(x.Exp1); bad != nil {
+			return bad, what
+		}
+		return unknownResult(x.Exp2)
+	case *ast.MemberNode, *ast.IdentifierNode, *ast.ChainNode, *ast.PointerNode, *ast.SliceNode:
+		return n, truncate(n.String(), 60)
+	case *ast.BuiltinNode:
+		switch x.Name {
+		case "first", "last", "get", "find", "findLast", "fromJSON", "max", "min", "reduce":
+			return n, truncate(n.String(), 60)
+		}
+	}
+	return nil, ""
 }
 
 // predicates collects the predicate (closure) nodes of a tree.

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -184,4 +185,21 @@ func FuzzParse(f *testing.F) {
 		require.NoError(t, err)
 		require.JSONEq(t, string(want), string(got))
 	})
+}
+
+// The gate lets n evaluations in; the next waits until one leaves or its
+// context ends, and says why it gave up.
+func TestGate_bounds_concurrent_evaluations(t *testing.T) {
+	t.Parallel()
+	g := NewGate(2)
+	require.NoError(t, g.acquire(t.Context()))
+	require.NoError(t, g.acquire(t.Context()))
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	err := g.acquire(ctx)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "wait for an evaluation slot (2 busy)")
+	g.release()
+	require.NoError(t, g.acquire(t.Context()), "a slot left is taken again")
 }

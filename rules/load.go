@@ -15,25 +15,29 @@ import (
 const maxAliasNodes = 100_000
 
 // LoadFile reads and validates a rules file in the seed format; see Parse.
-func LoadFile(path string) ([]Rule, error) {
+func LoadFile(path string, opts ...Option) ([]Rule, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load rules: %w", err)
 	}
-	return Parse(data, path)
+	return Parse(data, path, opts...)
 }
 
 // Parse reads rules in the seed format (a `taskTriggerRules:` list) and
-// validates them as Compile does. Every problem is returned, joined with
+// validates them as Compile does with opts (the budget of WithBudget, the
+// task types of WithTaskTypes, ...). Every problem is returned, joined with
 // errors.Join, each a *FieldError naming filename, line, rule id and key:
 //
 //	rules.yaml:12: rule "order-created-trigger": unknown key "conditon"
-func Parse(data []byte, filename string) ([]Rule, error) {
+func Parse(data []byte, filename string, opts ...Option) ([]Rule, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", filename, err)
 	}
 	l := &loader{file: filename, budget: maxAliasNodes}
+	for _, opt := range opts {
+		opt(&l.opts)
+	}
 	rules, lines := l.document(&doc)
 	// Validate even after structural errors, so one run lists every problem.
 	l.validate(rules, lines)
@@ -45,6 +49,7 @@ func Parse(data []byte, filename string) ([]Rule, error) {
 
 // loader walks the YAML nodes, so every problem can carry its line.
 type loader struct {
+	opts   options
 	file   string
 	errs   []error
 	budget int
@@ -316,7 +321,7 @@ func (l *loader) value(n *yaml.Node, path, id string, paths map[string]int, dept
 // validate runs Compile's checks on the decoded rules and places each
 // problem on the line of the key it is about.
 func (l *loader) validate(rules []Rule, lines []keyLines) {
-	_, probs := compile(rules, &options{})
+	_, probs := compile(rules, &l.opts, nil, nil)
 	for i, ps := range probs {
 		if lines[i].notRule {
 			continue

@@ -84,17 +84,48 @@ type rulesFile struct {
 // MarshalYAML writes rs in the seed format that Parse reads back, so a rule
 // set edited through the API can be persisted as a rules file.
 func MarshalYAML(rs []Rule) ([]byte, error) {
-	if rs == nil {
-		rs = []Rule{}
+	parts := make([][]byte, len(rs))
+	for i := range rs {
+		var err error
+		if parts[i], err = MarshalRuleYAML(rs[i]); err != nil {
+			return nil, err
+		}
 	}
+	return JoinYAML(parts), nil
+}
+
+// rulesKey is the line every rules file starts with.
+const rulesKey = "taskTriggerRules:\n"
+
+// MarshalRuleYAML writes one rule as an item of the taskTriggerRules list;
+// JoinYAML makes a rules file of such items. A store that keeps each rule's
+// item writes a change of one rule without encoding every other again.
+func MarshalRuleYAML(r Rule) ([]byte, error) {
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
-	if err := enc.Encode(rulesFile{TaskTriggerRules: rs}); err != nil {
-		return nil, fmt.Errorf("marshal rules: %w", err)
+	if err := enc.Encode(rulesFile{TaskTriggerRules: []Rule{r}}); err != nil {
+		return nil, fmt.Errorf("marshal rule %q: %w", r.RuleID, err)
 	}
 	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("marshal rules: %w", err)
+		return nil, fmt.Errorf("marshal rule %q: %w", r.RuleID, err)
 	}
-	return b.Bytes(), nil
+	return bytes.TrimPrefix(b.Bytes(), []byte(rulesKey)), nil
+}
+
+// JoinYAML makes a rules file of items from MarshalRuleYAML, in order.
+func JoinYAML(items [][]byte) []byte {
+	if len(items) == 0 {
+		return []byte("taskTriggerRules: []\n")
+	}
+	n := len(rulesKey)
+	for _, it := range items {
+		n += len(it)
+	}
+	out := make([]byte, 0, n)
+	out = append(out, rulesKey...)
+	for _, it := range items {
+		out = append(out, it...)
+	}
+	return out
 }

@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -15,17 +17,71 @@ import (
 	"github.com/eventpipe/eventpipe/rules"
 )
 
-// readFile reads the rules file and its stat.
-func readFile(path string) ([]byte, fs.FileInfo, error) {
+// DefaultMaxFileBytes is the default bound of the rules file: 16 MiB holds
+// about 80,000 rules of the seed's size, four times rules.DefaultMaxRules.
+const DefaultMaxFileBytes = 16 << 20
+
+// readFile reads the rules file and its stat, refusing one over maxBytes
+// before reading it: YAML decoding holds several times the file in memory.
+func readFile(path string, maxBytes int64) ([]byte, fs.FileInfo, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	data, err := os.ReadFile(path)
+	if fi.Size() > maxBytes {
+		return nil, nil, fmt.Errorf("rules file %s is %d bytes, more than %d (rules.max_file_bytes)", path, fi.Size(), maxBytes)
+	}
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
+	defer func() { _ = f.Close() }()
+	// The file may have grown since Stat: read one byte over the bound.
+	data, err := io.ReadAll(io.LimitReader(f, maxBytes+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if int64(len(data)) > maxBytes {
+		return nil, nil, fmt.Errorf("rules file %s is more than %d bytes (rules.max_file_bytes)", path, maxBytes)
+	}
 	return data, fi, nil
+}
+
+// removeTempFiles removes the temporary files a process that crashed while
+// writing the rules file left next to it (see writeFile).
+func (s *Store) removeTempFiles() {
+	target := s.path
+	if resolved, err := filepath.EvalSymlinks(target); err == nil {
+		target = resolved
+	}
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(target), "."+escapeGlob(filepath.Base(target))+".tmp-*"))
+	for _, name := range left {
+		if err := os.Remove(name); err == nil {
+			s.log.Info("removed a temporary rules file left by an interrupted write", "file", name)
+		}
+	}
+}
+
+// escapeGlob quotes the glob metacharacters of a file name.
+func escapeGlob(name string) string {
+	var b strings.Builder
+	for _, r := range name {
+		if strings.ContainsRune(`*?[\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// declaresNoRules reports whether the file content says, in so many words,
+// that it holds no rules (`taskTriggerRules: []`), as opposed to being
+// empty, which a truncated write also is.
+func declaresNoRules(data []byte) bool {
+	var doc struct {
+		Rules *[]any `yaml:"taskTriggerRules"`
+	}
+	return yaml.Unmarshal(data, &doc) == nil && doc.Rules != nil && len(*doc.Rules) == 0
 }
 
 // compileFile compiles rules read from the file content data. Every
@@ -193,12 +249,20 @@ func (s *Store) syncFileLocked(ctx context.Context, stableOnly bool, want *[sha2
 	if s.path == "" {
 		return nil
 	}
-	data, fi, err := readFile(s.path)
+	data, fi, err := readFile(s.path, s.maxBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("read rules file: %w", err)
+		err = fmt.Errorf("read rules file: %w", err)
+		if want != nil && *want != s.badHash {
+			// The watcher's poll: report a file that cannot be read (too
+			// large) once per content, like one that does not load.
+			s.badHash, s.badErr = *want, err
+			s.metrics.RulesReloadError()
+			s.log.ErrorContext(ctx, "rules file refused; the previous rules stay active", "file", s.path, "error", err)
+		}
+		return err
 	}
 	h := sha256.Sum256(data)
 	switch {
@@ -209,7 +273,11 @@ func (s *Store) syncFileLocked(ctx context.Context, stableOnly bool, want *[sha2
 	case stableOnly && time.Since(fi.ModTime()) < s.debounce:
 		return &FileChangedError{Path: s.path}
 	}
-	rs, err := rules.Parse(data, s.path)
+	rs, err := rules.Parse(data, s.path, s.opts...)
+	if err == nil && len(rs) == 0 && len(s.cur.Load().rules) > 0 && !declaresNoRules(data) {
+		err = fmt.Errorf("%s holds no rules, and %d are loaded: an empty or truncated file is refused; "+
+			"to remove every rule, write `taskTriggerRules: []`", s.path, len(s.cur.Load().rules))
+	}
 	var set *rules.Set
 	var changes []ruleChange
 	if err == nil {

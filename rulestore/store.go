@@ -56,6 +56,9 @@ type Config struct {
 	// Engine receives every new rule set; nil means Open makes one. Once a
 	// store drives an engine, only the store may swap its set.
 	Engine *rules.Engine
+	// MaxFileBytes bounds the rules file (rules.max_file_bytes); a larger
+	// one is refused. Default DefaultMaxFileBytes.
+	MaxFileBytes int64
 	// Options are passed to every rules.Compile, e.g. rules.WithTaskTypes.
 	Options []rules.Option
 	// Logger gets the audit log ("rule changed", Info) and reload errors
@@ -141,6 +144,9 @@ type state struct {
 	rules []rules.Rule
 	index map[string]int
 	set   *rules.Set
+	// items are the rules' YAML list items (rules.MarshalRuleYAML), kept
+	// so a change of one rule encodes one rule; nil until first written.
+	items [][]byte
 }
 
 func newState(rs []rules.Rule, set *rules.Set) *state {
@@ -154,6 +160,7 @@ func newState(rs []rules.Rule, set *rules.Set) *state {
 // Store holds the rule set. Create it with Open. It is safe for concurrent use.
 type Store struct {
 	path     string
+	maxBytes int64
 	engine   *rules.Engine
 	opts     []rules.Option
 	log      *slog.Logger
@@ -186,6 +193,7 @@ type Store struct {
 func Open(cfg Config) (*Store, error) {
 	s := &Store{
 		path:     cfg.Path,
+		maxBytes: cfg.MaxFileBytes,
 		engine:   cfg.Engine,
 		opts:     cfg.Options,
 		log:      cfg.Logger,
@@ -208,6 +216,9 @@ func Open(cfg Config) (*Store, error) {
 	if s.debounce <= 0 {
 		s.debounce = DefaultDebounce
 	}
+	if s.maxBytes <= 0 {
+		s.maxBytes = DefaultMaxFileBytes
+	}
 	if s.engine == nil {
 		s.engine = rules.NewEngine(nil)
 	}
@@ -218,10 +229,11 @@ func Open(cfg Config) (*Store, error) {
 	} else {
 		var fi fs.FileInfo
 		var err error
-		if data, fi, err = readFile(s.path); err != nil {
+		s.removeTempFiles()
+		if data, fi, err = readFile(s.path, s.maxBytes); err != nil {
 			return nil, fmt.Errorf("load rules: %w", err)
 		}
-		if rs, err = rules.Parse(data, s.path); err != nil {
+		if rs, err = rules.Parse(data, s.path, s.opts...); err != nil {
 			return nil, fmt.Errorf("load rules: %w", err)
 		}
 		stamp := fi.ModTime().UTC().Truncate(time.Second)
@@ -333,7 +345,7 @@ func (s *Store) create(ctx context.Context, r rules.Rule, ch Change, action stri
 	r = canonical(r)
 	r.Version, r.UpdatedAt = version, s.stamp()
 	next := append(append(make([]rules.Rule, 0, len(st.rules)+1), st.rules...), r)
-	if err := s.commitLocked(next); err != nil {
+	if err := s.commitLocked(next, func(j int) bool { return j < len(st.rules) }); err != nil {
 		return rules.Rule{}, err
 	}
 	s.audit(ctx, ch, action, r, nil)
@@ -400,7 +412,7 @@ func (s *Store) modify(ctx context.Context, id string, ch Change, action string,
 	next.Version, next.UpdatedAt = cur.Version+1, s.stamp()
 	all := append(make([]rules.Rule, 0, len(st.rules)), st.rules...)
 	all[i] = next
-	if err := s.commitLocked(all); err != nil {
+	if err := s.commitLocked(all, func(j int) bool { return j != i }); err != nil {
 		return rules.Rule{}, err
 	}
 	s.audit(ctx, ch, action, next, changed)
@@ -425,7 +437,7 @@ func (s *Store) Delete(ctx context.Context, id string, ch Change) error {
 		return fmt.Errorf("%w: If-Match %s, current ETag %s", ErrPreconditionFailed, ch.IfMatch, ETag(cur))
 	}
 	next := append(append(make([]rules.Rule, 0, len(st.rules)-1), st.rules[:i]...), st.rules[i+1:]...)
-	if err := s.commitLocked(next); err != nil {
+	if err := s.commitLocked(next, func(int) bool { return true }); err != nil {
 		return err
 	}
 	s.audit(ctx, ch, "delete", cur, nil)
@@ -443,7 +455,7 @@ func (s *Store) Replace(ctx context.Context, rs []rules.Rule, ch Change) error {
 		return err
 	}
 	next, changes := reconcile(s.cur.Load(), rs, s.stamp())
-	if err := s.commitLocked(next); err != nil {
+	if err := s.commitLocked(next, nil); err != nil {
 		return err
 	}
 	s.auditAll(ctx, ch.actor(), "replace", changes)
@@ -460,31 +472,47 @@ func (s *Store) Reload(ctx context.Context) error {
 }
 
 // commitLocked compiles next, writes it to the file and swaps it in. On
-// any error nothing has changed.
-func (s *Store) commitLocked(next []rules.Rule) error {
-	set, err := rules.Compile(next, s.opts...)
+// any error nothing has changed. unchanged (nil: none) names the rules of
+// next that are the current set's, which are not compiled again: a change
+// to one rule compiles that rule only.
+func (s *Store) commitLocked(next []rules.Rule, unchanged func(i int) bool) error {
+	cur := s.cur.Load()
+	set, err := rules.Recompile(cur.set, next, unchanged, s.opts...)
 	if err != nil {
 		return &InvalidError{Err: err}
 	}
+	var items [][]byte
 	if s.path != "" {
-		data, err := rules.MarshalYAML(next)
-		if err != nil {
-			return err
+		items = make([][]byte, len(next))
+		for i := range next {
+			if j, ok := cur.index[next[i].RuleID]; ok && unchanged != nil && unchanged(i) && cur.items != nil {
+				items[i] = cur.items[j]
+				continue
+			}
+			if items[i], err = rules.MarshalRuleYAML(next[i]); err != nil {
+				return err
+			}
 		}
+		data := rules.JoinYAML(items)
 		if err := s.writeFile(data); err != nil {
 			return err
 		}
 		s.fileHash = sha256.Sum256(data)
 	}
-	s.publish(next, set)
+	s.publishItems(next, set, items)
 	return nil
 }
 
 // publish makes the new state current: the engine first, so that once a
 // change is acknowledged every event after it is matched by the new set.
-func (s *Store) publish(rs []rules.Rule, set *rules.Set) {
+func (s *Store) publish(rs []rules.Rule, set *rules.Set) { s.publishItems(rs, set, nil) }
+
+// publishItems is publish with the rules' YAML items, when known.
+func (s *Store) publishItems(rs []rules.Rule, set *rules.Set, items [][]byte) {
 	s.engine.Swap(set)
-	s.cur.Store(newState(rs, set))
+	st := newState(rs, set)
+	st.items = items
+	s.cur.Store(st)
 }
 
 // stamp is an updatedAt: UTC, whole seconds, so it reads as plain RFC 3339.

@@ -72,9 +72,11 @@ func (s *Store) pollOnce(ctx context.Context, w *watchState) {
 	}
 	if w.fi == nil || !os.SameFile(w.fi, fi) || !fi.ModTime().Equal(w.fi.ModTime()) ||
 		fi.Size() != w.fi.Size() || now.Sub(fi.ModTime()) < racyWindow {
-		data, err := os.ReadFile(s.path)
+		data, _, err := readFile(s.path, s.maxBytes)
 		if err != nil {
-			return // gone between stat and read: the next poll reports it
+			// Gone between stat and read (the next poll reports it), or
+			// too large: hashed as read so far, syncFileLocked refuses it.
+			data = []byte(err.Error())
 		}
 		w.fi = fi
 		if h := sha256.Sum256(data); h != w.hash {

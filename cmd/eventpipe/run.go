@@ -23,7 +23,11 @@ func runPipeline(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := pipeline.New(cfg, pipeline.WithLogger(pipeline.NewLogger(cfg.Log, stderr)))
+	log := pipeline.NewLogger(cfg.Log, stderr)
+	for _, w := range config.UnknownEnv(os.Environ()) {
+		log.Warn(w)
+	}
+	p, err := pipeline.New(cfg, pipeline.WithLogger(log))
 	if err != nil {
 		return err
 	}
