@@ -293,7 +293,7 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 		}
 		// Progress is outermost: readiness must see every message taken.
 		router.AddConsumerHandler(hname, topic, sub, fn).
-			AddMiddleware(append([]message.HandlerMiddleware{p.progress.Middleware(hname, topic)}, mws...)...)
+			AddMiddleware(append([]message.HandlerMiddleware{p.progress.Middleware(name, topic)}, mws...)...)
 	}
 	return nil
 }
@@ -364,7 +364,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
-		failure = fmt.Errorf("http server: %w", err)
+		// Serve also returns (nil) when ctx ends, which may win this select.
+		switch {
+		case err != nil:
+			failure = fmt.Errorf("http server: %w", err)
+		case ctx.Err() == nil:
+			failure = errors.New("http server stopped")
+		}
 		serveErr <- nil
 	case err := <-routerErr:
 		failure = fmt.Errorf("router stopped: %w", err)

@@ -97,7 +97,7 @@ func (t *Tracker) Stalled(backlog Backlog, stallAfter time.Duration) error {
 		}
 		if idle := now.Sub(time.Unix(0, last)); idle > stallAfter {
 			stuck = append(stuck, fmt.Sprintf("%s has %d messages waiting and its handler %s took none for %s",
-				topic, waiting, hs[0].name, idle.Round(time.Second)))
+				topic, waiting, hs[0].name, idle.Round(100*time.Millisecond)))
 		}
 	}
 	if len(stuck) == 0 {
