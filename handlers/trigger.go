@@ -18,6 +18,7 @@ import (
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/task"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // Matcher turns an event into the tasks its rules make. *rules.Engine is one.
@@ -63,6 +64,7 @@ func (t *Trigger) Handle(msg *message.Message) error {
 			if err != nil {
 				return err
 			}
+			tracing.Inject(msg.Context(), m) // the task continues the event's trace
 			msgs[i] = m
 		}
 		if err := t.Publisher.Publish(t.TasksTopic, msgs...); err != nil {

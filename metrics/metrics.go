@@ -166,15 +166,38 @@ func (m *Metrics) TaskTriggered(ruleID, taskType string) {
 // would make the label unbounded); status is task.StatusSucceeded or
 // task.StatusFailed.
 func (m *Metrics) TaskExecuted(taskType, status string, d time.Duration) {
+	m.TaskExecutedInTrace(taskType, status, d, "")
+}
+
+// TaskExecutedInTrace is TaskExecuted with the trace id of the execution,
+// kept as the exemplar of its task_execution_duration_seconds observation
+// ("" for none).
+func (m *Metrics) TaskExecutedInTrace(taskType, status string, d time.Duration, traceID string) {
 	if m == nil {
 		return
 	}
 	m.executedBy.get([2]string{taskType, status}, func() prometheus.Counter {
 		return m.executed.WithLabelValues(taskType, status)
 	}).Inc()
-	m.durationBy.get([2]string{taskType}, func() prometheus.Observer {
+	observe(m.durationBy.get([2]string{taskType}, func() prometheus.Observer {
 		return m.execDuration.WithLabelValues(taskType)
-	}).Observe(d.Seconds())
+	}), d, traceID)
+}
+
+// ExemplarTraceID is the exemplar label holding a trace id, the name
+// Grafana and Prometheus link to a tracing backend by default.
+const ExemplarTraceID = "trace_id"
+
+// observe records d on o, with traceID as its exemplar when set. Exemplars
+// are served only in the OpenMetrics format (the /metrics endpoint offers it).
+func observe(o prometheus.Observer, d time.Duration, traceID string) {
+	if traceID != "" {
+		if eo, ok := o.(prometheus.ExemplarObserver); ok {
+			eo.ObserveWithExemplar(d.Seconds(), prometheus.Labels{ExemplarTraceID: traceID})
+			return
+		}
+	}
+	o.Observe(d.Seconds())
 }
 
 // SetQueueBacklog sets the number of messages waiting on topic's partition
@@ -205,12 +228,17 @@ type Handler struct {
 
 // Processed records one finished message that took d; failed counts it in
 // message_errors_total too.
-func (h *Handler) Processed(d time.Duration, failed bool) {
+func (h *Handler) Processed(d time.Duration, failed bool) { h.ProcessedInTrace(d, failed, "") }
+
+// ProcessedInTrace is Processed with the trace id of the delivery, kept as
+// the exemplar of its message_processing_time_seconds observation ("" for
+// none), so a latency spike leads to a trace.
+func (h *Handler) ProcessedInTrace(d time.Duration, failed bool, traceID string) {
 	if h == nil {
 		return
 	}
 	h.processed.Inc()
-	h.processingTime.Observe(d.Seconds())
+	observe(h.processingTime, d, traceID)
 	if failed {
 		h.errors.Inc()
 	}

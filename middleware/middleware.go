@@ -15,6 +15,7 @@ import (
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // ReasonKindKey is the poison message metadata key that classifies why it
@@ -74,7 +75,8 @@ func Attempt(ctx context.Context) (n int, final bool) {
 }
 
 // Metrics records message_processed_total, message_errors_total and
-// message_processing_time_seconds for each delivery. A message counts as an
+// message_processing_time_seconds for each delivery, the latter with the
+// trace id as an exemplar when the delivery is traced. A message counts as an
 // error when it was poisoned or returned an error, unless its context was
 // canceled (shutdown: it will be redelivered, nothing failed). hm may be nil.
 func Metrics(hm *metrics.Handler) message.HandlerMiddleware {
@@ -85,7 +87,7 @@ func Metrics(hm *metrics.Handler) message.HandlerMiddleware {
 			start := time.Now()
 			out, err := h(msg)
 			failed := d.poisonReason != "" || (err != nil && ctx.Err() == nil)
-			hm.Processed(time.Since(start), failed)
+			hm.ProcessedInTrace(time.Since(start), failed, tracing.TraceID(ctx))
 			return out, err
 		}
 	}
@@ -220,6 +222,7 @@ func Retry(cfg config.Retry, hm *metrics.Handler, logger watermill.LoggerAdapter
 				msg.SetContext(ctx)
 				d.attempts.Add(1)
 				hm.Retried()
+				spanRetry(ctx, retry, err)
 				if out, err = h(msg); err == nil || !retryable(err) {
 					return out, err
 				}

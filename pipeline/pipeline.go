@@ -21,6 +21,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventpipe/eventpipe/api"
 	"github.com/eventpipe/eventpipe/broker"
@@ -33,6 +34,7 @@ import (
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/rulestore"
 	"github.com/eventpipe/eventpipe/task"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // Pipeline is a running eventpipe: build it with New, start it with Run.
@@ -47,6 +49,7 @@ type Pipeline struct {
 	engine    *rules.Engine
 	rules     *rulestore.Store
 	executors *executor.Registry
+	tracing   *tracing.Provider
 	router    *message.Router
 	server    *api.Server
 
@@ -78,8 +81,19 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		opt(&o)
 	}
 	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{})}
+	var err error
 	if p.log == nil {
 		p.log = NewLogger(cfg.Log, os.Stderr)
+	}
+	if o.tracer != nil {
+		p.tracing = tracing.NewProvider(*o.tracer)
+	} else if p.tracing, err = tracing.Setup(context.Background()); err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	} else {
+		p.closers = append(p.closers, p.shutdownTracing)
+	}
+	if p.tracing.Enabled() {
+		p.log = slog.New(tracing.NewLogHandler(p.log.Handler())) // trace_id, span_id
 	}
 	if p.registry == nil {
 		p.registry = prometheus.NewRegistry()
@@ -89,8 +103,6 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		p.metrics = metrics.New(p.registry)
 	}
 	p.abortCtx, p.abort = context.WithCancel(context.Background())
-
-	var err error
 	if p.executors, err = buildExecutors(cfg, p.log, o.executors); err != nil {
 		return nil, err
 	}
@@ -122,7 +134,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		WriteTimeout:    cfg.HTTP.WriteTimeout,
 		IdleTimeout:     cfg.HTTP.IdleTimeout,
 		ShutdownTimeout: drainTime(cfg.ShutdownTimeout),
-	}, api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
+	}, api.Deps{Events: p, TracerProvider: p.tracedHTTP(), Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
 		Rules: p.rules, RuleOptions: ruleOptions(p.executors.Names())})
 	if err != nil {
 		_ = p.Close()
@@ -232,6 +244,10 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 	chain.Retry = p.cfg.Retry
 	chain.Metrics = p.metrics
 	chain.Logger = p.wlog
+	if p.tracing.Enabled() {
+		chain.Tracer = p.tracing.Tracer()
+		chain.MessagingSystem = messagingSystem(p.cfg.Broker.Kind)
+	}
 	mws, err := middleware.Chain(chain)
 	if err != nil {
 		return fmt.Errorf("middleware of %s: %w", name, err)
@@ -244,6 +260,32 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 		router.AddConsumerHandler(hname, topic, sub, fn).AddMiddleware(mws...)
 	}
 	return nil
+}
+
+// tracedHTTP is the tracer provider of the HTTP server: nil when tracing is off.
+func (p *Pipeline) tracedHTTP() trace.TracerProvider {
+	if !p.tracing.Enabled() {
+		return nil
+	}
+	return p.tracing.TracerProvider()
+}
+
+// messagingSystem is the messaging.system span attribute of a broker kind.
+func messagingSystem(kind string) string {
+	if kind == config.BrokerAMQP {
+		return "rabbitmq"
+	}
+	return kind
+}
+
+// shutdownTracingTimeout bounds flushing the last spans at Close.
+const shutdownTracingTimeout = 5 * time.Second
+
+// shutdownTracing flushes the spans not exported yet, within shutdownTracingTimeout.
+func (p *Pipeline) shutdownTracing() error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTracingTimeout)
+	defer cancel()
+	return p.tracing.Shutdown(ctx)
 }
 
 // dedupStore builds the task de-duplication store dedup.store names.
@@ -462,6 +504,7 @@ func EventMessage(ctx context.Context, e api.Ingested) *message.Message {
 	if e.Event != nil {
 		m.Metadata.Set(broker.MetaEventType, e.Event.EventType)
 	}
+	tracing.Inject(ctx, m) // the request's trace continues in the trigger
 	m.SetContext(ctx)
 	return m
 }
