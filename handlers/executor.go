@@ -130,7 +130,7 @@ func (h *Executor) Handle(msg *message.Message) error {
 	} else if h.Logger.Enabled(ctx, slog.LevelDebug) {
 		log().DebugContext(ctx, "task succeeded", "attempt", attempt, "duration_ms", res.DurationMs)
 	}
-	h.Metrics.TaskExecutedInTrace(typeLabel, string(res.Status), finished.Sub(started), tracing.TraceID(ctx))
+	h.Metrics.TaskExecutedContext(ctx, typeLabel, string(res.Status), finished.Sub(started))
 	return h.finish(msg, &outcome{res: res, err: err}, final)
 }
 

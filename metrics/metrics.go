@@ -7,6 +7,7 @@
 package metrics
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -19,6 +20,12 @@ const (
 	ReasonPermanent        = "permanent"
 	ReasonRetriesExhausted = "retries_exhausted"
 	ReasonPanic            = "panic"
+)
+
+// Bucket bounds (seconds) of the duration histograms.
+var (
+	processingTimeBuckets = []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30}
+	execDurationBuckets   = []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300}
 )
 
 // Metrics holds every collector. Create it with New; share one per process.
@@ -41,7 +48,7 @@ type Metrics struct {
 	// every call, a map lookup is a few times cheaper.
 	triggeredBy childCache[prometheus.Counter]
 	executedBy  childCache[prometheus.Counter]
-	durationBy  childCache[prometheus.Observer]
+	durationBy  childCache[*histogram]
 }
 
 // childCache caches the children of one metric vector by label values.
@@ -87,7 +94,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		processingTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "message_processing_time_seconds",
 			Help:    "Time a handler spent on a message, retries and backoff included.",
-			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
+			Buckets: processingTimeBuckets,
 		}, []string{"handler"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "message_retries_total",
@@ -112,7 +119,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		execDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "task_execution_duration_seconds",
 			Help:    "Time an executor spent on one task execution.",
-			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300},
+			Buckets: execDurationBuckets,
 		}, []string{"task_type"}),
 		reloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rules_reload_errors_total",
@@ -143,7 +150,7 @@ func (m *Metrics) Handler(name string) *Handler {
 	h := &Handler{
 		processed:      m.processed.WithLabelValues(name),
 		errors:         m.errors.WithLabelValues(name),
-		processingTime: m.processingTime.WithLabelValues(name),
+		processingTime: newHistogram(m.processingTime.WithLabelValues(name), processingTimeBuckets),
 		retries:        m.retries.WithLabelValues(name),
 		poisoned:       m.poisoned.MustCurryWith(prometheus.Labels{"handler": name}),
 	}
@@ -166,38 +173,22 @@ func (m *Metrics) TaskTriggered(ruleID, taskType string) {
 // would make the label unbounded); status is task.StatusSucceeded or
 // task.StatusFailed.
 func (m *Metrics) TaskExecuted(taskType, status string, d time.Duration) {
-	m.TaskExecutedInTrace(taskType, status, d, "")
+	m.TaskExecutedContext(context.Background(), taskType, status, d)
 }
 
-// TaskExecutedInTrace is TaskExecuted with the trace id of the execution,
-// kept as the exemplar of its task_execution_duration_seconds observation
-// ("" for none).
-func (m *Metrics) TaskExecutedInTrace(taskType, status string, d time.Duration, traceID string) {
+// TaskExecutedContext is TaskExecuted for an execution whose context may
+// hold a sampled span: its trace id then becomes the exemplar of the
+// task_execution_duration_seconds observation (see exemplars).
+func (m *Metrics) TaskExecutedContext(ctx context.Context, taskType, status string, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.executedBy.get([2]string{taskType, status}, func() prometheus.Counter {
 		return m.executed.WithLabelValues(taskType, status)
 	}).Inc()
-	observe(m.durationBy.get([2]string{taskType}, func() prometheus.Observer {
-		return m.execDuration.WithLabelValues(taskType)
-	}), d, traceID)
-}
-
-// ExemplarTraceID is the exemplar label holding a trace id, the name
-// Grafana and Prometheus link to a tracing backend by default.
-const ExemplarTraceID = "trace_id"
-
-// observe records d on o, with traceID as its exemplar when set. Exemplars
-// are served only in the OpenMetrics format (the /metrics endpoint offers it).
-func observe(o prometheus.Observer, d time.Duration, traceID string) {
-	if traceID != "" {
-		if eo, ok := o.(prometheus.ExemplarObserver); ok {
-			eo.ObserveWithExemplar(d.Seconds(), prometheus.Labels{ExemplarTraceID: traceID})
-			return
-		}
-	}
-	o.Observe(d.Seconds())
+	m.durationBy.get([2]string{taskType}, func() *histogram {
+		return newHistogram(m.execDuration.WithLabelValues(taskType), execDurationBuckets)
+	}).observe(ctx, d)
 }
 
 // SetQueueBacklog sets the number of messages waiting on topic's partition
@@ -221,24 +212,27 @@ func (m *Metrics) RulesReloadError() {
 type Handler struct {
 	processed      prometheus.Counter
 	errors         prometheus.Counter
-	processingTime prometheus.Observer
+	processingTime *histogram
 	retries        prometheus.Counter
 	poisoned       *prometheus.CounterVec
 }
 
 // Processed records one finished message that took d; failed counts it in
 // message_errors_total too.
-func (h *Handler) Processed(d time.Duration, failed bool) { h.ProcessedInTrace(d, failed, "") }
+func (h *Handler) Processed(d time.Duration, failed bool) {
+	h.ProcessedContext(context.Background(), d, failed)
+}
 
-// ProcessedInTrace is Processed with the trace id of the delivery, kept as
-// the exemplar of its message_processing_time_seconds observation ("" for
-// none), so a latency spike leads to a trace.
-func (h *Handler) ProcessedInTrace(d time.Duration, failed bool, traceID string) {
+// ProcessedContext is Processed for a delivery whose context may hold a
+// sampled span: its trace id then becomes the exemplar of the
+// message_processing_time_seconds observation (see exemplars), so a
+// latency spike leads to a trace.
+func (h *Handler) ProcessedContext(ctx context.Context, d time.Duration, failed bool) {
 	if h == nil {
 		return
 	}
 	h.processed.Inc()
-	observe(h.processingTime, d, traceID)
+	h.processingTime.observe(ctx, d)
 	if failed {
 		h.errors.Inc()
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
-	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // ReasonKindKey is the poison message metadata key that classifies why it
@@ -87,7 +86,7 @@ func Metrics(hm *metrics.Handler) message.HandlerMiddleware {
 			start := time.Now()
 			out, err := h(msg)
 			failed := d.poisonReason != "" || (err != nil && ctx.Err() == nil)
-			hm.ProcessedInTrace(time.Since(start), failed, tracing.TraceID(ctx))
+			hm.ProcessedContext(ctx, time.Since(start), failed)
 			return out, err
 		}
 	}

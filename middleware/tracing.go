@@ -38,7 +38,8 @@ const (
 // from the previous hop, or from a foreign producer's headers), so one
 // event is one trace across every broker hop. It carries the messaging
 // attributes (system, destination, message id) and eventpipe's (handler,
-// rule id, task id, task type, correlation id, attempts); retries are span
+// rule id, task id, task type, correlation id, and attempts when a retry
+// happened: absent means one attempt); retries are span
 // events (see Retry) and a poisoned message sets the span status to Error
 // with a "poisoned" event naming the reason. Messages the handler returns
 // get the span's context in their metadata; handlers that publish
@@ -53,26 +54,30 @@ func Tracing(tracer trace.Tracer, handler, system string) message.HandlerMiddlew
 		return func(msg *message.Message) ([]*message.Message, error) {
 			topic := message.SubscribeTopicFromCtx(msg.Context())
 			parent := tracing.Extract(msg.Context(), msg.Metadata)
-			attrs := []attribute.KeyValue{
+			attrs := make([]attribute.KeyValue, 0, 10)
+			attrs = append(attrs,
 				semconv.MessagingSystemKey.String(system),
 				semconv.MessagingOperationTypeProcess,
 				semconv.MessagingOperationName("process"),
 				semconv.MessagingDestinationName(topic),
 				semconv.MessagingMessageID(msg.UUID),
 				AttrHandler.String(handler),
-			}
+			)
 			attrs = appendMeta(attrs, AttrCorrelationID, wmw.MessageCorrelationID(msg))
 			attrs = appendMeta(attrs, AttrRuleID, msg.Metadata.Get(task.MetaRuleID))
 			attrs = appendMeta(attrs, AttrTaskID, msg.Metadata.Get(task.MetaTaskID))
 			attrs = appendMeta(attrs, AttrTaskType, msg.Metadata.Get(task.MetaTaskType))
-			ctx, span := tracer.Start(parent, "process "+topic,
-				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+			ctx, span := tracer.Start(parent, "process "+topic, consumerSpan, trace.WithAttributes(attrs...))
 			defer span.End()
 			msg.SetContext(ctx)
 			d := track(msg)
 
 			out, err := h(msg)
-			span.SetAttributes(AttrAttempts.Int(max(int(d.attempts.Load()), 1)))
+			if n := d.attempts.Load(); n > 1 {
+				// Set only after a retry: absent means one attempt, and
+				// the common case skips regrowing the span's attributes.
+				span.SetAttributes(AttrAttempts.Int(int(n)))
+			}
 			switch {
 			case d.poisonReason != "":
 				reason := msg.Metadata.Get(wmw.ReasonForPoisonedKey)
@@ -90,6 +95,9 @@ func Tracing(tracer trace.Tracer, handler, system string) message.HandlerMiddlew
 		}
 	}
 }
+
+// consumerSpan is built once: an option per span would allocate.
+var consumerSpan = trace.WithSpanKind(trace.SpanKindConsumer)
 
 // appendMeta appends key=value when value is set.
 func appendMeta(attrs []attribute.KeyValue, key attribute.Key, value string) []attribute.KeyValue {
