@@ -222,6 +222,18 @@ func TestPipeline_traces_one_event_as_one_trace_continuing_the_request(t *testin
 	out := res.waitFor(t, 1)
 	assert.Equal(t, traceparentOf(exec), out[0].Metadata.Get("traceparent"))
 
+	// The duration histograms link to the trace: an exemplar in OpenMetrics.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+th.p.Addr(t.Context())+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	scrape, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Regexp(t, `message_processing_time_seconds_bucket\{handler="executor",le="[^"]+"\} 1 # \{trace_id="`+foreignTraceID+`"\}`, string(scrape))
+	assert.Regexp(t, `task_execution_duration_seconds_bucket\{task_type="log",le="[^"]+"\} 1 # \{trace_id="`+foreignTraceID+`"\}`, string(scrape))
+
 	// Log lines inside a delivery carry its trace and span ids.
 	assert.Contains(t, th.logs.String(), `"trace_id":"`+foreignTraceID+`"`)
 	assert.Contains(t, th.logs.String(), `"span_id":"`+exec.SpanContext().SpanID().String()+`"`)
