@@ -51,9 +51,9 @@ type ChainConfig struct {
 //   - Tracing (only with a Tracer) is outermost so its span covers the whole
 //     delivery, retries, backoff and the poison publish included, and every
 //     layer inside sees the span in the message context: Metrics records the
-//     trace id as an exemplar, log lines carry trace_id, produced and
-//     poisoned messages carry its traceparent.
-//   - Metrics is outermost so it times and counts the whole delivery (retries
+//     trace id as an exemplar, log lines carry trace_id, produced messages
+//     carry its traceparent. It adds nothing when tracing is off.
+//   - Metrics is outermost (but for Tracing) so it times and counts the whole delivery (retries
 //     and backoff included) and sees the final outcome. It also creates the
 //     per-delivery attempt counter Attempt reads, which must live outside
 //     Retry so it survives Retry's context reset.

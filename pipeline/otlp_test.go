@@ -13,6 +13,9 @@ import (
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/pipeline"
 )
 
 // otlpReceiver is an OTLP/HTTP trace receiver in the test process: it
@@ -91,4 +94,16 @@ func TestPipeline_exports_spans_over_OTLP_HTTP_configured_by_the_environment(t *
 	defer recv.mu.Unlock()
 	assert.Contains(t, recv.services, "eventpipe-otlp-test")
 	assert.Contains(t, recv.paths, "/v1/traces")
+}
+
+// Not parallel: it sets the process environment.
+func TestPipeline_refuses_to_start_with_an_invalid_OTEL_setting(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "ten percent")
+	cfg := config.Default()
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	_, err := pipeline.New(cfg)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1, got "ten percent"`)
 }

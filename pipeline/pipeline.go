@@ -85,16 +85,15 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 	if p.log == nil {
 		p.log = NewLogger(cfg.Log, os.Stderr)
 	}
-	if o.tracer != nil {
-		p.tracing = tracing.NewProvider(*o.tracer)
-	} else if p.tracing, err = tracing.Setup(context.Background()); err != nil {
-		return nil, fmt.Errorf("tracing: %w", err)
-	} else {
-		p.closers = append(p.closers, p.shutdownTracing)
+	if err = p.setupTracing(o.tracer); err != nil {
+		return nil, err
 	}
-	if p.tracing.Enabled() {
-		p.log = slog.New(tracing.NewLogHandler(p.log.Handler())) // trace_id, span_id
-	}
+	built := false
+	defer func() {
+		if !built {
+			_ = p.shutdownTracing() // stop the exporter of a pipeline that never ran
+		}
+	}()
 	if p.registry == nil {
 		p.registry = prometheus.NewRegistry()
 		p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -140,6 +139,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		_ = p.Close()
 		return nil, err
 	}
+	built = true
 	return p, nil
 }
 
@@ -258,6 +258,25 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 			hname = name + "-" + strconv.Itoa(i+1)
 		}
 		router.AddConsumerHandler(hname, topic, sub, fn).AddMiddleware(mws...)
+	}
+	return nil
+}
+
+// setupTracing uses tp when the caller gave one (WithTracerProvider), else
+// the provider the OTEL_* environment describes, which Close shuts down.
+// With tracing on, log lines in a traced context get trace_id and span_id.
+func (p *Pipeline) setupTracing(tp *trace.TracerProvider) error {
+	if tp != nil {
+		p.tracing = tracing.NewProvider(*tp)
+	} else {
+		var err error
+		if p.tracing, err = tracing.Setup(context.Background()); err != nil {
+			return fmt.Errorf("tracing: %w", err)
+		}
+		p.closers = append(p.closers, p.shutdownTracing)
+	}
+	if p.tracing.Enabled() {
+		p.log = slog.New(tracing.NewLogHandler(p.log.Handler()))
 	}
 	return nil
 }
