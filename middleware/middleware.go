@@ -15,6 +15,7 @@ import (
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // ReasonKindKey is the poison message metadata key that classifies why it
@@ -161,10 +162,14 @@ func PoisonQueue(pub message.Publisher, topic string, hm *metrics.Handler, logge
 			if err == nil && d.poisonReason != "" {
 				hm.Poisoned(d.poisonReason)
 				if logger != nil {
-					logger.Error("message poisoned", errors.New(msg.Metadata.Get(wmw.ReasonForPoisonedKey)), watermill.LogFields{
+					fields := watermill.LogFields{
 						"message_uuid": msg.UUID, "poison_topic": topic, "reason_kind": d.poisonReason,
 						"correlation_id": wmw.MessageCorrelationID(msg),
-					})
+					}
+					if id := tracing.TraceID(msg.Context()); id != "" {
+						fields["trace_id"] = id // Watermill's logger takes no context
+					}
+					logger.Error("message poisoned", errors.New(msg.Metadata.Get(wmw.ReasonForPoisonedKey)), fields)
 				}
 			}
 			return out, err

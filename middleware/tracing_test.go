@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -59,8 +60,9 @@ func TestTracing_spans_each_delivery_and_propagates_to_returned_messages(t *test
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 			pubsub := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 			t.Cleanup(func() { _ = pubsub.Close() })
+			logger := watermill.NewCaptureLogger()
 			chain, err := Chain(ChainConfig{HandlerName: "executor", PoisonPublisher: pubsub, PoisonTopic: poisonTopic,
-				Retry: fastRetry, Tracer: tp.Tracer("test"), MessagingSystem: "kafka"})
+				Retry: fastRetry, Tracer: tp.Tracer("test"), MessagingSystem: "kafka", Logger: logger})
 			require.NoError(t, err)
 
 			in := message.NewMessage("task-1", nil)
@@ -91,6 +93,11 @@ func TestTracing_spans_each_delivery_and_propagates_to_returned_messages(t *test
 			assert.Equal(t, "rule-1", got[string(AttrRuleID)])
 			assert.Equal(t, "task-1", got[string(AttrTaskID)])
 			assert.Equal(t, "http", got[string(AttrTaskType)])
+			if slices.Contains(tt.wantEvents, EventPoisoned) {
+				poisoned := logger.Captured()[watermill.ErrorLogLevel]
+				require.Len(t, poisoned, 1)
+				assert.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", poisoned[0].Fields["trace_id"], "the poison log line links to the trace")
+			}
 			if tt.wantOut {
 				require.Len(t, out, 1)
 				assert.Equal(t, "00-4bf92f3577b34da6a3ce929d0e0e4736-"+s.SpanContext().SpanID().String()+"-01",

@@ -9,7 +9,10 @@ import (
 
 // LogHandler is a slog.Handler that adds trace_id and span_id to every
 // record logged with a context holding a span, so a log line leads to its
-// trace. Records without a span pass through untouched.
+// trace. Records without a span pass through untouched. The ids join the
+// record's own attributes, so under WithGroup they land in that group (slog
+// gives a wrapper no way to add top-level attributes there); eventpipe's
+// loggers use no groups.
 type LogHandler struct {
 	next slog.Handler
 }
