@@ -106,7 +106,10 @@ const (
 // the variable and the value.
 //
 // Unlike the spec's default exporter (otlp), eventpipe exports nothing when
-// nothing is configured: tracing costs nothing unless asked for.
+// nothing is configured: tracing costs nothing unless asked for. That
+// default, and errors for bad values, are why this picks the exporter itself
+// rather than using contrib's autoexport, which also exports by default; its
+// release for otel v1.44 would pull in the metric and log exporters too.
 func Setup(ctx context.Context) (*Provider, error) {
 	on, err := exporterConfigured()
 	if err != nil || !on {
