@@ -45,7 +45,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkParse' -benchmem ./event/
 	$(GO) test -run '^$$' -bench 'BenchmarkStoreWrite' -benchmem -benchtime 20000x ./history/
 	$(GO) test -run '^$$' -bench 'BenchmarkStore_update_one_rule' -benchmem -benchtime 40x ./rulestore/
-	$(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 20000x ./pipeline/ | tee /tmp/eventpipe-bench.txt
+	$(GO) test -run '^$$' -bench 'BenchmarkEndToEnd$$' -benchmem -benchtime 20000x ./pipeline/ | tee /tmp/eventpipe-bench.txt
 	@awk '/BenchmarkEndToEnd\/embedded\/pipeline-/ {p=$$3} /BenchmarkEndToEnd\/embedded\/pipeline_metrics_off/ {o=$$3} \
 	  /BenchmarkEndToEnd\/embedded\/raw_router/ {r=$$3} \
 	  /BenchmarkEndToEnd\/embedded\/pipeline_history_off-/ {f=$$3} /BenchmarkEndToEnd\/embedded\/pipeline_history-/ {h=$$3} \
@@ -53,6 +53,10 @@ bench:
 	  END { if (p && r) printf "embedded pipeline/raw_router time ratio: %.2fx (pipeline %s ns/op, raw %s ns/op)\n", p/r, p, r; \
 	        if (p && o) printf "embedded metrics off/on speed ratio: %.2f\n", o/p; \
 	        if (f && h) printf "embedded history on/off speed ratio: %.2f (written in the background), %.2f (until written)\n", f/h, f/w }' /tmp/eventpipe-bench.txt
+	$(GO) test -run '^$$' -bench 'BenchmarkEndToEndTracing' -benchmem -benchtime 20000x -count 3 ./pipeline/ | tee /tmp/eventpipe-bench-tracing.txt
+	@awk 'function m(u) { for (i = 1; i < NF; i++) if ($$(i+1) == u) return $$i } \
+	  /tracing_off-/ {off += m("cpu-µs/event"); offn++; offa = m("allocs/op")} /tracing_on-/ {on += m("cpu-µs/event"); onn++; ona = m("allocs/op")} \
+	  END { if (offn && onn) printf "embedded tracing on/off speed ratio (cpu per event): %.2f (off %.1f cpu-µs/event %d allocs, on %.1f cpu-µs/event %d allocs)\n", (off/offn)/(on/onn), off/offn, offa, on/onn, ona }' /tmp/eventpipe-bench-tracing.txt
 	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
 	  $(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 10000x ./integration/
 	$(MAKE) bench-kafka

@@ -19,9 +19,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventpipe/eventpipe/event"
 	"github.com/eventpipe/eventpipe/rules"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // Defaults used for zero Config fields.
@@ -156,6 +159,10 @@ type Deps struct {
 	// PoisonSuffix what makes a topic's poison topic name.
 	PoisonTopics []string
 	PoisonSuffix string
+	// TracerProvider, when set, traces every request but the probes and
+	// scrapes, continuing an incoming W3C traceparent; the request context
+	// holds the span, so published events carry it. nil traces nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // Server is the HTTP server. Create it with New.
@@ -220,6 +227,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Gatherer, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		ErrorHandling: promhttp.ContinueOnError,
+		// Exemplars (trace ids on the duration histograms) exist only in
+		// OpenMetrics, which Prometheus asks for; others still get text.
+		EnableOpenMetrics: true,
 	}))
 	mux.HandleFunc("POST /api/v1/events", s.handleEvents)
 	mux.HandleFunc("POST /api/v1/task-trigger-rules/test", s.handleRulesTest)
@@ -245,6 +255,15 @@ func (s *Server) routes() http.Handler {
 	h = s.logRequests(h)
 	h = s.withDeadline(h)
 	h = s.recoverer(h)
+	if tp := s.deps.TracerProvider; tp != nil {
+		// Outermost, so the span covers the whole request and the log
+		// lines of the layers inside carry its trace id.
+		h = otelhttp.NewHandler(h, "eventpipe.http",
+			otelhttp.WithTracerProvider(tp),
+			otelhttp.WithPropagators(tracing.Propagator),
+			otelhttp.WithFilter(func(r *http.Request) bool { return !untraced[r.URL.Path] }),
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
+	}
 	return h
 }
 
@@ -258,6 +277,10 @@ func (s *Server) withDeadline(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
+
+// untraced are the paths probes and scrapers poll: spans of them would
+// bury the traces of events.
+var untraced = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
 // Handler returns the server's full handler, middleware included.
 func (s *Server) Handler() http.Handler { return s.handler }

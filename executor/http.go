@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+
 	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/task"
 )
@@ -123,6 +125,9 @@ func (e *httpExecutor) Execute(ctx context.Context, t *task.Task) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
+	// The task's span (when traced) continues at the receiving service;
+	// set after the task's own headers, so no parameter can forge it.
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	timeout, err := taskTimeout(t, e.cfg.DefaultTimeout)
 	if err != nil {
 		return nil, err
@@ -192,7 +197,8 @@ func (e *httpExecutor) checkRedirect(req *http.Request, via []*http.Request) err
 
 // redirectKeeps are the headers eventpipe itself sets, kept on a redirect
 // to another host.
-var redirectKeeps = map[string]bool{"User-Agent": true, "Idempotency-Key": true, "Content-Type": true}
+var redirectKeeps = map[string]bool{"User-Agent": true, "Idempotency-Key": true, "Content-Type": true,
+	"Traceparent": true, "Tracestate": true}
 
 // checkURL refuses schemes other than http and https and hosts not on the allowlist.
 func (e *httpExecutor) checkURL(u *url.URL) error {

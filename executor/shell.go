@@ -184,7 +184,7 @@ func (e *shellExecutor) Execute(ctx context.Context, t *task.Task) ([]byte, erro
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, program, args...)
 	cmd.Dir = e.cfg.Dir
-	cmd.Env = taskEnv(t)
+	cmd.Env = appendTraceEnv(ctx, taskEnv(t))
 	// One writer for both streams: exec then uses a single pipe, so the
 	// output keeps its order and Write is never called concurrently.
 	out := &boundedBuffer{limit: e.cfg.MaxOutputBytes}

@@ -20,6 +20,7 @@ import (
 	"github.com/eventpipe/eventpipe/middleware"
 	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/task"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // MaxResultOutput bounds Result.Output; executors bound their own capture too.
@@ -144,7 +145,7 @@ func (h *Executor) Handle(msg *message.Message) error {
 	} else if h.Logger.Enabled(ctx, slog.LevelDebug) {
 		log().DebugContext(ctx, "task succeeded", "attempt", attempt, "duration_ms", res.DurationMs)
 	}
-	h.Metrics.TaskExecuted(typeLabel, string(res.Status), finished.Sub(started))
+	h.Metrics.TaskExecutedContext(ctx, typeLabel, string(res.Status), finished.Sub(started))
 	if h.History != nil {
 		h.History.RecordAttempt(history.TaskAttempt{Result: res, Final: true, PoisonKind: history.PoisonKindOf(err)})
 	}
@@ -202,6 +203,7 @@ func (h *Executor) publish(msg *message.Message, res *task.Result) error {
 	out.Metadata.Set(task.MetaRuleID, res.RuleID)
 	out.Metadata.Set(task.MetaPartitionKey, msg.Metadata.Get(task.MetaPartitionKey))
 	wmw.SetCorrelationID(wmw.MessageCorrelationID(msg), out)
+	tracing.Inject(msg.Context(), out) // the result continues the task's trace
 	if err := h.Publisher.Publish(h.ResultsTopic, out); err != nil {
 		return fmt.Errorf("publish result of task %s to %s: %w", res.TaskID, h.ResultsTopic, err)
 	}

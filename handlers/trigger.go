@@ -22,6 +22,7 @@ import (
 	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/task"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // Matcher turns an event into the tasks its rules make, within the rules'
@@ -110,6 +111,7 @@ func (t *Trigger) handle(msg *message.Message, ev *event.Event, corr string) err
 			if err != nil {
 				return err
 			}
+			tracing.Inject(msg.Context(), m) // the task continues the event's trace
 			msgs[i] = m
 		}
 		if err := t.Publisher.Publish(t.TasksTopic, msgs...); err != nil {

@@ -7,6 +7,7 @@
 package metrics
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -19,6 +20,12 @@ const (
 	ReasonPermanent        = "permanent"
 	ReasonRetriesExhausted = "retries_exhausted"
 	ReasonPanic            = "panic"
+)
+
+// Bucket bounds (seconds) of the duration histograms.
+var (
+	processingTimeBuckets = []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30}
+	execDurationBuckets   = []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300}
 )
 
 // Metrics holds every collector. Create it with New; share one per process.
@@ -41,7 +48,7 @@ type Metrics struct {
 	// every call, a map lookup is a few times cheaper.
 	triggeredBy childCache[prometheus.Counter]
 	executedBy  childCache[prometheus.Counter]
-	durationBy  childCache[prometheus.Observer]
+	durationBy  childCache[*histogram]
 }
 
 // childCache caches the children of one metric vector by label values.
@@ -87,7 +94,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		processingTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "message_processing_time_seconds",
 			Help:    "Time a handler spent on a message, retries and backoff included.",
-			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
+			Buckets: processingTimeBuckets,
 		}, []string{"handler"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "message_retries_total",
@@ -112,7 +119,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		execDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "task_execution_duration_seconds",
 			Help:    "Time an executor spent on one task execution.",
-			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300},
+			Buckets: execDurationBuckets,
 		}, []string{"task_type"}),
 		reloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rules_reload_errors_total",
@@ -143,7 +150,7 @@ func (m *Metrics) Handler(name string) *Handler {
 	h := &Handler{
 		processed:      m.processed.WithLabelValues(name),
 		errors:         m.errors.WithLabelValues(name),
-		processingTime: m.processingTime.WithLabelValues(name),
+		processingTime: newHistogram(m.processingTime.WithLabelValues(name), processingTimeBuckets),
 		retries:        m.retries.WithLabelValues(name),
 		poisoned:       m.poisoned.MustCurryWith(prometheus.Labels{"handler": name}),
 	}
@@ -166,15 +173,22 @@ func (m *Metrics) TaskTriggered(ruleID, taskType string) {
 // would make the label unbounded); status is task.StatusSucceeded or
 // task.StatusFailed.
 func (m *Metrics) TaskExecuted(taskType, status string, d time.Duration) {
+	m.TaskExecutedContext(context.Background(), taskType, status, d)
+}
+
+// TaskExecutedContext is TaskExecuted for an execution whose context may
+// hold a sampled span: its trace id then becomes the exemplar of the
+// task_execution_duration_seconds observation (see exemplars).
+func (m *Metrics) TaskExecutedContext(ctx context.Context, taskType, status string, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.executedBy.get([2]string{taskType, status}, func() prometheus.Counter {
 		return m.executed.WithLabelValues(taskType, status)
 	}).Inc()
-	m.durationBy.get([2]string{taskType}, func() prometheus.Observer {
-		return m.execDuration.WithLabelValues(taskType)
-	}).Observe(d.Seconds())
+	m.durationBy.get([2]string{taskType}, func() *histogram {
+		return newHistogram(m.execDuration.WithLabelValues(taskType), execDurationBuckets)
+	}).observe(ctx, d)
 }
 
 // SetQueueBacklog sets the number of messages waiting on topic's partition
@@ -198,7 +212,7 @@ func (m *Metrics) RulesReloadError() {
 type Handler struct {
 	processed      prometheus.Counter
 	errors         prometheus.Counter
-	processingTime prometheus.Observer
+	processingTime *histogram
 	retries        prometheus.Counter
 	poisoned       *prometheus.CounterVec
 }
@@ -206,11 +220,19 @@ type Handler struct {
 // Processed records one finished message that took d; failed counts it in
 // message_errors_total too.
 func (h *Handler) Processed(d time.Duration, failed bool) {
+	h.ProcessedContext(context.Background(), d, failed)
+}
+
+// ProcessedContext is Processed for a delivery whose context may hold a
+// sampled span: its trace id then becomes the exemplar of the
+// message_processing_time_seconds observation (see exemplars), so a
+// latency spike leads to a trace.
+func (h *Handler) ProcessedContext(ctx context.Context, d time.Duration, failed bool) {
 	if h == nil {
 		return
 	}
 	h.processed.Inc()
-	h.processingTime.Observe(d.Seconds())
+	h.processingTime.observe(ctx, d)
 	if failed {
 		h.errors.Inc()
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/metrics"
@@ -35,15 +36,24 @@ type ChainConfig struct {
 	// successfully. DedupKey is required with Dedup.
 	Dedup    DedupStore
 	DedupKey func(*message.Message) string
+	// Tracer, when set, starts a span per delivery (see Tracing), with
+	// MessagingSystem as messaging.system; nil traces nothing and costs nothing.
+	Tracer          trace.Tracer
+	MessagingSystem string
 }
 
 // Chain returns the middleware of one handler, outermost first, for
 // Router.AddHandler(...).AddMiddleware(chain...):
 //
-//	Metrics → CorrelationID → PoisonQueue → [Dedup] → Retry → Timeout → Recoverer → handler
+//	[Tracing] → Metrics → CorrelationID → PoisonQueue → [Dedup] → Retry → Timeout → Recoverer → handler
 //
 // Why each sits where it does:
-//   - Metrics is outermost so it times and counts the whole delivery (retries
+//   - Tracing (only with a Tracer) is outermost so its span covers the whole
+//     delivery, retries, backoff and the poison publish included, and every
+//     layer inside sees the span in the message context: Metrics records the
+//     trace id as an exemplar, log lines carry trace_id, produced messages
+//     carry its traceparent. It adds nothing when tracing is off.
+//   - Metrics is outermost (but for Tracing) so it times and counts the whole delivery (retries
 //     and backoff included) and sees the final outcome. It also creates the
 //     per-delivery attempt counter Attempt reads, which must live outside
 //     Retry so it survives Retry's context reset.
@@ -100,11 +110,15 @@ func Chain(cfg ChainConfig) ([]message.HandlerMiddleware, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain := []message.HandlerMiddleware{
+	var chain []message.HandlerMiddleware
+	if cfg.Tracer != nil {
+		chain = append(chain, Tracing(cfg.Tracer, cfg.HandlerName, cfg.MessagingSystem))
+	}
+	chain = append(chain,
 		Metrics(hm),
 		wmw.CorrelationID,
 		poison,
-	}
+	)
 	if cfg.Dedup != nil {
 		chain = append(chain, Dedup(cfg.Dedup, cfg.DedupKey, logger))
 	}

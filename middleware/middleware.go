@@ -15,6 +15,7 @@ import (
 	"github.com/eventpipe/eventpipe/config"
 	"github.com/eventpipe/eventpipe/metrics"
 	"github.com/eventpipe/eventpipe/permanent"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // ReasonKindKey is the poison message metadata key that classifies why it
@@ -74,7 +75,8 @@ func Attempt(ctx context.Context) (n int, final bool) {
 }
 
 // Metrics records message_processed_total, message_errors_total and
-// message_processing_time_seconds for each delivery. A message counts as an
+// message_processing_time_seconds for each delivery, the latter with the
+// trace id as an exemplar when the delivery is traced. A message counts as an
 // error when it was poisoned or returned an error, unless its context was
 // canceled (shutdown: it will be redelivered, nothing failed). hm may be nil.
 func Metrics(hm *metrics.Handler) message.HandlerMiddleware {
@@ -85,7 +87,7 @@ func Metrics(hm *metrics.Handler) message.HandlerMiddleware {
 			start := time.Now()
 			out, err := h(msg)
 			failed := d.poisonReason != "" || (err != nil && ctx.Err() == nil)
-			hm.Processed(time.Since(start), failed)
+			hm.ProcessedContext(ctx, time.Since(start), failed)
 			return out, err
 		}
 	}
@@ -167,10 +169,14 @@ func PoisonQueue(pub message.Publisher, topic string, hm *metrics.Handler, logge
 					if corr == "" {
 						corr = msg.UUID
 					}
-					logger.Error("message poisoned", errors.New(msg.Metadata.Get(wmw.ReasonForPoisonedKey)), watermill.LogFields{
+					fields := watermill.LogFields{
 						"message_uuid": msg.UUID, "poison_topic": topic, "reason_kind": d.poisonReason,
 						"correlation_id": corr,
-					})
+					}
+					if id := tracing.TraceID(msg.Context()); id != "" {
+						fields["trace_id"] = id // Watermill's logger takes no context
+					}
+					logger.Error("message poisoned", errors.New(msg.Metadata.Get(wmw.ReasonForPoisonedKey)), fields)
 				}
 			}
 			return out, err
@@ -227,6 +233,7 @@ func Retry(cfg config.Retry, hm *metrics.Handler, logger watermill.LoggerAdapter
 				msg.SetContext(ctx)
 				d.attempts.Add(1)
 				hm.Retried()
+				spanRetry(ctx, retry, err)
 				if out, err = h(msg); err == nil || !retryable(err) {
 					return out, err
 				}

@@ -63,7 +63,7 @@ func benchEvents(n int) []api.Ingested {
 	return out
 }
 
-func benchPipeline(b *testing.B, metricsOn bool) {
+func benchPipeline(b *testing.B, metricsOn bool, opts ...pipeline.Option) {
 	dir := b.TempDir()
 	rulesFile := filepath.Join(dir, "rules.yaml")
 	require.NoError(b, os.WriteFile(rulesFile, []byte(benchRules), 0o600))
@@ -75,7 +75,7 @@ func benchPipeline(b *testing.B, metricsOn bool) {
 	brk := broker.NewEmbedded(cfg.Broker.Embedded, watermill.NopLogger{})
 	defer brk.Close()
 	debug := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := pipeline.New(cfg, pipeline.WithBroker(brk), pipeline.WithLogger(debug))
+	p, err := pipeline.New(cfg, append([]pipeline.Option{pipeline.WithBroker(brk), pipeline.WithLogger(debug)}, opts...)...)
 	require.NoError(b, err)
 
 	done := make(chan struct{})
@@ -95,11 +95,13 @@ func benchPipeline(b *testing.B, metricsOn bool) {
 
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := processCPU()
 	for i := 0; i < len(events); i += 500 {
 		require.NoError(b, p.PublishEvents(ctx, events[i:min(i+500, len(events))]))
 	}
 	<-done
 	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N), "cpu-µs/event")
 	cancel()
 	require.NoError(b, <-runDone)
 }

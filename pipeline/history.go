@@ -205,7 +205,7 @@ func (d historyDeadLetters) ReplayPoison(ctx context.Context, topic string,
 // broker's poison topics when it can list them (Kafka, AMQP), and on the
 // embedded broker the poison messages the history keeps.
 func (p *Pipeline) apiDeps() api.Deps {
-	d := api.Deps{Events: p, Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
+	d := api.Deps{Events: p, TracerProvider: p.tracedHTTP(), Gatherer: p.registry, Readiness: api.ReadinessFunc(p.Ready), Logger: p.log,
 		Rules: p.rules, RuleOptions: p.ruleOpts,
 		PoisonTopics: []string{p.cfg.Topics.Poison(p.cfg.Topics.Events), p.cfg.Topics.Poison(p.cfg.Topics.Tasks)},
 		PoisonSuffix: p.cfg.Topics.PoisonSuffix}

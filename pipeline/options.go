@@ -5,6 +5,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/executor"
@@ -22,6 +23,7 @@ type options struct {
 	broker     broker.Broker
 	registry   *prometheus.Registry
 	dedup      middleware.DedupStore
+	tracer     *trace.TracerProvider
 }
 
 type namedExecutor struct {
@@ -73,4 +75,12 @@ func WithMetricsRegistry(reg *prometheus.Registry) Option {
 // WithDedupStore replaces the in-memory task de-duplication store.
 func WithDedupStore(s middleware.DedupStore) Option {
 	return func(o *options) { o.dedup = s }
+}
+
+// WithTracerProvider traces the pipeline with tp (for example an SDK
+// provider of your own, or tracetest's in tests) instead of the one the
+// OTEL_* environment describes. The pipeline does not shut tp down; a nil
+// or no-op tp turns tracing off.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracer = &tp }
 }

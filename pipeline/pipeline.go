@@ -24,6 +24,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventpipe/eventpipe/api"
 	"github.com/eventpipe/eventpipe/broker"
@@ -39,6 +40,7 @@ import (
 	"github.com/eventpipe/eventpipe/rules"
 	"github.com/eventpipe/eventpipe/rulestore"
 	"github.com/eventpipe/eventpipe/task"
+	"github.com/eventpipe/eventpipe/tracing"
 )
 
 // Pipeline is a running eventpipe: build it with New, start it with Run.
@@ -60,6 +62,7 @@ type Pipeline struct {
 	// backlogErr is set while the broker's backlog cannot be read.
 	backlogErr atomic.Pointer[backlogFailure]
 	executors  *executor.Registry
+	tracing    *tracing.Provider
 	router     *message.Router
 	server     *api.Server
 	// ruleOpts check every rule: load, reload, API and dry run alike.
@@ -96,9 +99,19 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		opt(&o)
 	}
 	p := &Pipeline{cfg: cfg, log: o.logger, registry: o.registry, listening: make(chan struct{}), progress: progress.NewTracker()}
+	var err error
 	if p.log == nil {
 		p.log = NewLogger(cfg.Log, os.Stderr)
 	}
+	if err = p.setupTracing(o.tracer); err != nil {
+		return nil, err
+	}
+	built := false
+	defer func() {
+		if !built {
+			_ = p.shutdownTracing() // stop the exporter of a pipeline that never ran
+		}
+	}()
 	if p.registry == nil {
 		p.registry = prometheus.NewRegistry()
 		p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -107,8 +120,6 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		p.metrics = metrics.New(p.registry)
 	}
 	p.abortCtx, p.abort = context.WithCancel(context.Background())
-
-	var err error
 	if p.executors, err = buildExecutors(cfg, p.log, o.executors); err != nil {
 		return nil, err
 	}
@@ -167,6 +178,7 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 		_ = p.Close()
 		return nil, err
 	}
+	built = true
 	return p, nil
 }
 
@@ -282,6 +294,10 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 	chain.Retry = p.cfg.Retry
 	chain.Metrics = p.metrics
 	chain.Logger = p.wlog
+	if p.tracing.Enabled() {
+		chain.Tracer = p.tracing.Tracer()
+		chain.MessagingSystem = messagingSystem(p.cfg.Broker.Kind)
+	}
 	mws, err := middleware.Chain(chain)
 	if err != nil {
 		return fmt.Errorf("middleware of %s: %w", name, err)
@@ -296,6 +312,51 @@ func (p *Pipeline) addHandler(router *message.Router, name, topic string, n int,
 			AddMiddleware(append([]message.HandlerMiddleware{p.progress.Middleware(name, topic)}, mws...)...)
 	}
 	return nil
+}
+
+// setupTracing uses tp when the caller gave one (WithTracerProvider), else
+// the provider the OTEL_* environment describes, which Close shuts down.
+// With tracing on, log lines in a traced context get trace_id and span_id.
+func (p *Pipeline) setupTracing(tp *trace.TracerProvider) error {
+	if tp != nil {
+		p.tracing = tracing.NewProvider(*tp)
+	} else {
+		var err error
+		if p.tracing, err = tracing.Setup(context.Background()); err != nil {
+			return fmt.Errorf("tracing: %w", err)
+		}
+		p.closers = append(p.closers, p.shutdownTracing)
+	}
+	if p.tracing.Enabled() {
+		p.log = slog.New(tracing.NewLogHandler(p.log.Handler()))
+	}
+	return nil
+}
+
+// tracedHTTP is the tracer provider of the HTTP server: nil when tracing is off.
+func (p *Pipeline) tracedHTTP() trace.TracerProvider {
+	if !p.tracing.Enabled() {
+		return nil
+	}
+	return p.tracing.TracerProvider()
+}
+
+// messagingSystem is the messaging.system span attribute of a broker kind.
+func messagingSystem(kind string) string {
+	if kind == config.BrokerAMQP {
+		return "rabbitmq"
+	}
+	return kind
+}
+
+// shutdownTracingTimeout bounds flushing the last spans at Close.
+const shutdownTracingTimeout = 5 * time.Second
+
+// shutdownTracing flushes the spans not exported yet, within shutdownTracingTimeout.
+func (p *Pipeline) shutdownTracing() error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTracingTimeout)
+	defer cancel()
+	return p.tracing.Shutdown(ctx)
 }
 
 // dedupStore builds the task de-duplication store dedup.store names.
@@ -583,6 +644,7 @@ func EventMessage(ctx context.Context, e api.Ingested) *message.Message {
 	if e.Event != nil {
 		m.Metadata.Set(broker.MetaEventType, e.Event.EventType)
 	}
+	tracing.Inject(ctx, m) // the request's trace continues in the trigger
 	m.SetContext(ctx)
 	return m
 }
