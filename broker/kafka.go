@@ -37,9 +37,10 @@ const (
 	// flight to be acked or nacked (after the router closed, they are).
 	kafkaCloseDrainTimeout = 2 * time.Second
 	// kafkaMaxRecordBatchBytes is the producer's batch (and so record) size
-	// limit: Kafka's default message.max.bytes. A batch above the topic's
-	// limit fails whole, so this must not exceed it; a larger record fails
-	// at once as too large (and a poison copy is cut, see truncateForPoison).
+	// limit for a topic whose max.message.bytes cannot be read: Kafka's
+	// default. A batch above the topic's limit fails whole, so the limit is
+	// the topic's own (see topicMaxBytes); a larger record fails at once as
+	// too large (and a poison copy is cut, see truncateForPoison).
 	kafkaMaxRecordBatchBytes = 1048588
 	// kafkaProducerLinger: none. While produce requests are in flight (up
 	// to five per broker) the records of every handler batch up behind them
@@ -85,6 +86,8 @@ type Kafka struct {
 	consumers map[string]*kafkaConsumer // by topic
 	created   map[string]bool           // topics known to exist
 	closed    bool
+
+	maxBytes sync.Map // topic → its max.message.bytes (int32), read by ensureTopic
 }
 
 // NewKafka connects to cfg.Brokers, creates the pipeline's topics (see
@@ -112,7 +115,7 @@ func NewKafka(cfg config.Kafka, topics config.Topics, logger watermill.LoggerAda
 	}
 	opts := append(base,
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerBatchMaxBytes(kafkaMaxRecordBatchBytes),
+		kgo.ProducerBatchMaxBytesFn(k.topicMaxBytes),
 		kgo.ProducerLinger(kafkaProducerLinger),
 		kgo.RecordDeliveryTimeout(k.publishTimeout()),
 		// Sarama's hash of the key, as eventpipe produced before: a key
@@ -352,8 +355,37 @@ func (k *Kafka) ensureTopic(topic string) error {
 	default:
 		return fmt.Errorf("create kafka topic %s (%d partitions, replication %d): %w", topic, parts, repl, err)
 	}
+	k.readMaxBytes(ctx, topic)
 	k.created[topic] = true
 	return nil
+}
+
+// readMaxBytes reads topic's max.message.bytes, the producer's batch limit
+// for it: a poison copy of a large event then fits whenever the topic takes
+// it. Without it (no rights, an old broker) Kafka's default applies.
+func (k *Kafka) readMaxBytes(ctx context.Context, topic string) {
+	rcs, err := k.admin.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return
+	}
+	for _, rc := range rcs {
+		for _, c := range rc.Configs {
+			if rc.Err != nil || c.Key != "max.message.bytes" || c.Value == nil {
+				continue
+			}
+			if n, err := strconv.ParseInt(*c.Value, 10, 32); err == nil && n >= 512 {
+				k.maxBytes.Store(topic, int32(n))
+			}
+		}
+	}
+}
+
+// topicMaxBytes is the producer's batch limit for topic (see readMaxBytes).
+func (k *Kafka) topicMaxBytes(topic string) int32 {
+	if n, ok := k.maxBytes.Load(topic); ok {
+		return n.(int32)
+	}
+	return kafkaMaxRecordBatchBytes
 }
 
 // waitForTopic waits until the metadata lists topic with a leader for
