@@ -145,24 +145,42 @@ func TestEventRoutingKey_is_the_event_type(t *testing.T) {
 
 func TestAMQPTopology_queue_arguments(t *testing.T) {
 	t.Parallel()
-	topo := &amqpTopology{exchange: "ex", dlx: "ex.dlx", events: "business-events", tasks: "schedule-tasks", poisonSuffix: ".dlq"}
+	cfg := config.Default().Broker.AMQP
+	cfg.ResultsMaxAge = 2 * time.Hour
+	topo := &amqpTopology{exchange: "ex", dlx: "ex.dlx", events: "business-events", tasks: "schedule-tasks",
+		results: "task-results", poisonSuffix: ".dlq", cfg: cfg}
+	sac := cfg
+	sac.SingleActiveConsumer = true
+	sac.PoisonMaxLength, sac.PoisonMaxAge = -1, time.Minute
+	topoSAC := *topo
+	topoSAC.cfg = sac
 	tests := []struct {
 		name  string
+		topo  *amqpTopology
 		topic string
 		want  amqp091.Table
 	}{
-		{name: "events dead-letter to their poison queue", topic: "business-events", want: amqp091.Table{
+		{name: "events dead-letter to their poison queue", topo: topo, topic: "business-events", want: amqp091.Table{
 			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "business-events.dlq"}},
-		{name: "tasks are a priority queue", topic: "schedule-tasks", want: amqp091.Table{
+		{name: "tasks are a priority queue", topo: topo, topic: "schedule-tasks", want: amqp091.Table{
 			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "schedule-tasks.dlq", "x-max-priority": int32(10)}},
-		{name: "poison queues do not dead-letter", topic: "schedule-tasks.dlq", want: amqp091.Table{}},
-		{name: "other topics dead-letter too", topic: "task-results", want: amqp091.Table{
-			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "task-results.dlq"}},
+		{name: "tasks with a single active consumer", topo: &topoSAC, topic: "schedule-tasks", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "schedule-tasks.dlq", "x-max-priority": int32(10),
+			"x-single-active-consumer": true}},
+		{name: "poison queues are bounded and their drops counted", topo: topo, topic: "schedule-tasks.dlq", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "eventpipe.dropped", "x-max-length": int64(1_000_000)}},
+		{name: "poison queues bounded by age only", topo: &topoSAC, topic: "schedule-tasks.dlq", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "eventpipe.dropped", "x-message-ttl": int64(60_000)}},
+		{name: "results are bounded by length and age", topo: topo, topic: "task-results", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "eventpipe.dropped",
+			"x-max-length": int64(100_000), "x-message-ttl": int64(7_200_000)}},
+		{name: "other topics dead-letter to their poison queue", topo: topo, topic: "audit", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "audit.dlq"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			assert.Equal(t, tt.want, topo.queueArgs(tt.topic))
+			assert.Equal(t, tt.want, tt.topo.queueArgs(tt.topic))
 		})
 	}
 }
