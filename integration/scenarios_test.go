@@ -161,8 +161,10 @@ func scenarios() []scenario {
 			t.Logf("%s: %d events -> %d tasks executed (%d runs) in %s (%.0f events/s)", tgt.name, len(events),
 				distinct, runs, time.Since(start).Round(time.Millisecond), float64(len(events))/time.Since(start).Seconds())
 		}},
-		{name: "each_key_executes_in_publish_order", only: "kafka", run: func(t *testing.T, tgt target) {
-			h := newHarness(t, tgt, nil, nil)
+		{name: "each_key_executes_in_publish_order", run: func(t *testing.T, tgt target) {
+			// Concurrency 16: many messages in flight, order kept per key
+			// (Kafka: per partition; RabbitMQ: per partition_key header).
+			h := newHarness(t, tgt, func(c *config.Config) { c.Trigger.Concurrency, c.Executor.Concurrency = 16, 16 }, nil)
 			const keys, perKey = 10, 100
 			events := make([]string, 0, keys*perKey)
 			for seq := range perKey {
