@@ -63,6 +63,13 @@ func (c amqpCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// Blocked returns why RabbitMQ blocks the publishing connection, "" when it does not.
+func (a *AMQP) Blocked() string {
+	a.pub.mu.Lock()
+	defer a.pub.mu.Unlock()
+	return a.pub.blocked
+}
+
 // Dropped returns how many messages RabbitMQ dropped from queue for reason
 // (maxlen, expired, rejected) since the broker started, as counted here.
 func (a *AMQP) Dropped(queue, reason string) uint64 {
