@@ -10,7 +10,7 @@ PROMTOOL ?= promtool
 # The integration suite finds RabbitMQ here (scripts/test-deps.sh starts it).
 export EVENTPIPE_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: build run test test-unit test-integration test-race bench fuzz lint fmt tidy examples rules-check smoke-prometheus docker-build test-faults test-deps
+.PHONY: build run test test-unit test-integration test-race bench bench-amqp fuzz lint fmt tidy examples rules-check smoke-prometheus docker-build test-faults test-deps
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/eventpipe
@@ -50,6 +50,13 @@ bench:
 	        if (p && o) printf "embedded metrics off/on speed ratio: %.2f\n", o/p }' /tmp/eventpipe-bench.txt
 	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
 	  $(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 10000x ./integration/
+
+# bench-amqp runs, on the local RabbitMQ, a raw amqp091-go pipelined baseline
+# and eventpipe with the shipped defaults, and prints their summary lines.
+bench-amqp:
+	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
+	  $(GO) test -run '^$$' -bench 'BenchmarkAMQPEndToEnd' -benchmem -benchtime 20000x ./integration/ | tee /tmp/eventpipe-bench-amqp.txt
+	@grep '^bench-amqp ' /tmp/eventpipe-bench-amqp.txt
 
 # fuzz runs every fuzz target for FUZZTIME each. Minimizing a new
 # interesting input may otherwise take 60 s (the default), counted in

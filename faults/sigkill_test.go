@@ -36,6 +36,11 @@ func TestSIGKILL(t *testing.T) {
 				var points []int
 				for len(points) < kills {
 					n := events/10 + r.IntN(events*3/4)
+					if kind == amqp {
+						// RabbitMQ has no group to rejoin: anywhere, even at once.
+						points = append(points, r.IntN(events*95/100))
+						continue
+					}
 					if !slices.ContainsFunc(points, func(p int) bool { return abs(p-n) < events/20 }) {
 						points = append(points, n)
 					}
@@ -46,6 +51,7 @@ func TestSIGKILL(t *testing.T) {
 				e.publish(evs)
 
 				midTask := map[string]bool{}
+				var resumes []time.Duration // amqp: restart to first task executed
 				for _, at := range points {
 					e.waitProgress(want, at, 4*time.Minute, p)
 					before := len(e.readLedger())
@@ -68,6 +74,23 @@ func TestSIGKILL(t *testing.T) {
 					}
 					t.Logf("SIGKILL pid %d at %d of %d tasks executed", killed, count(entries, want).executed, events)
 					p = e.start()
+					if kind == amqp {
+						// And once more within a second of /readyz.
+						after := time.Duration(r.IntN(1000)) * time.Millisecond
+						time.Sleep(after)
+						killed = p.pid()
+						p.kill()
+						t.Logf("SIGKILL pid %d %s after it was ready", killed, after)
+						restarted := time.Now()
+						had := count(e.readLedger(), want).executed
+						p = e.start()
+						if took, ok := e.resumed(want, had, restarted, 60*time.Second); ok {
+							t.Logf("processing again %s after the restart", took.Round(time.Millisecond))
+							resumes = append(resumes, took)
+						} else {
+							t.Errorf("no task executed within 60s of the restart at %s", restarted.Format(time.TimeOnly))
+						}
+					}
 				}
 				e.waitDone(want, 4*time.Minute, p)
 				e.waitQuiet(3 * time.Second)
@@ -77,6 +100,12 @@ func TestSIGKILL(t *testing.T) {
 				notes := fmt.Sprintf("%d SIGKILLs at %v tasks; %s dedup", kills, points, store)
 				if store == "redis" {
 					notes += fmt.Sprintf("; %d tasks killed mid-execution", len(midTask))
+				}
+				if kind == amqp {
+					notes += fmt.Sprintf("; each followed by a SIGKILL within 1 s of ready; resumed after %v", resumes)
+					for _, took := range resumes {
+						assert.LessOrEqual(t, took, 30*time.Second, "processing again within 30 s of a restart")
+					}
 				}
 				tl := e.record(1, "SIGKILL ×3 during 5,000 events, restart, drain", events, want, notes)
 				assert.Zero(t, tl.lost, "tasks lost")
@@ -93,3 +122,19 @@ func TestSIGKILL(t *testing.T) {
 }
 
 func abs(n int) int { return max(n, -n) }
+
+// resumed waits until more than had tasks are executed and returns how
+// long after start (the restart) that was; ok is false if it did not
+// happen within limit. With every task executed there is nothing to resume.
+func (e *env) resumed(want []string, had int, start time.Time, limit time.Duration) (time.Duration, bool) {
+	if had >= len(want) {
+		return 0, true
+	}
+	for time.Since(start) < limit {
+		if count(e.readLedger(), want).executed > had {
+			return time.Since(start), true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return limit, false
+}

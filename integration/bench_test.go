@@ -38,15 +38,11 @@ func BenchmarkEndToEnd(b *testing.B) {
 				c.Broker.Kafka.Partitions = map[string]int{c.Topics.Events: 48, c.Topics.Tasks: 48}
 			}},
 		},
-		"amqp": {
-			{name: "default"},
-			{name: "concurrency_raised", mutate: func(c *config.Config) {
-				c.Trigger.Concurrency = 32
-				c.Executor.Concurrency = 32
-			}},
-		},
 	}
 	for _, tgt := range targets() {
+		if tgt.name == "amqp" {
+			continue // BenchmarkAMQPEndToEnd (bench_amqp_test.go), against a raw amqp091 baseline
+		}
 		b.Run(tgt.name, func(b *testing.B) {
 			if tgt.provider.skip != "" {
 				b.Skipf("%s broker unavailable: %s", tgt.name, tgt.provider.skip)
