@@ -222,14 +222,11 @@ func (c *amqpConsumer) session(ctx context.Context) error {
 			return nil // basic.cancel: the queue was deleted
 		}
 		msg, _ := a.marshaler.Unmarshal(d) // never fails
-		msgCtx, cancel := context.WithCancel(ctx)
-		msg.SetContext(msgCtx)
+		// The consumer's context: it ends when the last subscription does.
+		msg.SetContext(ctx)
 		key := msg.Metadata.Get(task.MetaPartitionKey)
 		inFlight.Add(1)
-		go func(tag uint64) {
-			hand(msg, tag, key)
-			cancel()
-		}(d.DeliveryTag)
+		go hand(msg, d.DeliveryTag, key)
 		if key != "" {
 			mu.Lock()
 			if kq := keys[key]; kq != nil {

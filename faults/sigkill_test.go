@@ -52,15 +52,15 @@ func TestSIGKILL(t *testing.T) {
 
 				midTask := map[string]bool{}
 				var resumes []time.Duration // amqp: restart to first task executed
-				for _, at := range points {
-					e.waitProgress(want, at, 4*time.Minute, p)
+				// kill kills p and, with Redis, notes the tasks it cut off mid-task.
+				kill := func(p *pipeline) (killed int, entries []entry) {
 					before := len(e.readLedger())
-					killed := p.pid()
+					killed = p.pid()
 					p.kill()
 					// Scripts the killed process started run on (their own
 					// process group): let them write their line.
 					time.Sleep(500 * time.Millisecond)
-					entries := e.readLedger()
+					entries = e.readLedger()
 					if store == "redis" {
 						var ofKilled []entry
 						for i, en := range entries {
@@ -72,19 +72,22 @@ func TestSIGKILL(t *testing.T) {
 							midTask[id] = true
 						}
 					}
+					return killed, entries
+				}
+				for _, at := range points {
+					e.waitProgress(want, at, 4*time.Minute, p)
+					killed, entries := kill(p)
 					t.Logf("SIGKILL pid %d at %d of %d tasks executed", killed, count(entries, want).executed, events)
 					p = e.start()
 					if kind == amqp {
 						// And once more within a second of /readyz.
 						after := time.Duration(r.IntN(1000)) * time.Millisecond
 						time.Sleep(after)
-						killed = p.pid()
-						p.kill()
+						killed, entries = kill(p)
 						t.Logf("SIGKILL pid %d %s after it was ready", killed, after)
 						restarted := time.Now()
-						had := count(e.readLedger(), want).executed
 						p = e.start()
-						if took, ok := e.resumed(want, had, restarted, 60*time.Second); ok {
+						if took, ok := e.resumed(want, count(entries, want).executed, restarted, 60*time.Second); ok {
 							t.Logf("processing again %s after the restart", took.Round(time.Millisecond))
 							resumes = append(resumes, took)
 						} else {
