@@ -129,9 +129,9 @@ func logLevel(s string) slog.Level {
 
 // benchQueues are the unique exchange and queues of one benchmark run.
 type benchQueues struct {
-	url                                string
+	url                              string
 	exchange, events, tasks, results string
-	conn                               *amqp091.Connection
+	conn                             *amqp091.Connection
 }
 
 func newBenchQueues(b *testing.B, url string) *benchQueues {

@@ -52,8 +52,8 @@ func TestUniversalPubSub(t *testing.T) {
 	})
 	amqpFeatures := tests.Features{
 		// One queue per topic: every subscriber competes; no groups.
-		ConsumerGroups:                      false,
-		Persistent:                          true,
+		ConsumerGroups: false,
+		Persistent:     true,
 		// Not GuaranteedOrder: the subscriber hands out up to prefetch
 		// messages before the first is acked (TestNoAck checks one at a
 		// time); delivery order is kept, and per-key order by the broker.
