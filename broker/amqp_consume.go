@@ -222,11 +222,16 @@ func (c *amqpConsumer) session(ctx context.Context) error {
 			return nil // basic.cancel: the queue was deleted
 		}
 		msg, _ := a.marshaler.Unmarshal(d) // never fails
-		// The consumer's context: it ends when the last subscription does.
-		msg.SetContext(ctx)
+		// Ends when the message is acked or nacked (Watermill's contract),
+		// or when the last subscription ends.
+		msgCtx, cancel := context.WithCancel(ctx)
+		msg.SetContext(msgCtx)
 		key := msg.Metadata.Get(task.MetaPartitionKey)
 		inFlight.Add(1)
-		go hand(msg, d.DeliveryTag, key)
+		go func(tag uint64) {
+			hand(msg, tag, key)
+			cancel()
+		}(d.DeliveryTag)
 		if key != "" {
 			mu.Lock()
 			if kq := keys[key]; kq != nil {
