@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,4 +202,79 @@ func TestAMQP_results_queue_is_bounded_and_drops_are_counted(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, backlog, broker.Backlog{Topic: cfg.Topics.Results, Partition: "0", Messages: 5}, "queue_backlog covers results")
 	assert.Contains(t, backlog, broker.Backlog{Topic: cfg.Topics.Poison(cfg.Topics.Results), Partition: "0", Messages: 0}, "and poison queues")
+}
+
+// cutProxy forwards TCP connections to target until cut closes them all
+// and refuses new ones for a while: a network failure between eventpipe
+// and RabbitMQ, without restarting the RabbitMQ other tests share.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+
+	mu          sync.Mutex
+	conns       []net.Conn
+	refuseUntil time.Time
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { _ = ln.Close(); p.cut(0) })
+	go p.serve()
+	return p
+}
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		refuse := time.Now().Before(p.refuseUntil)
+		p.mu.Unlock()
+		if refuse {
+			_ = c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
+		go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
+	}
+}
+
+// cut closes every connection and refuses new ones for down.
+func (p *cutProxy) cut(down time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuseUntil = time.Now().Add(down)
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+func TestAMQP_connections_cut_under_load_reconnect_and_lose_nothing(t *testing.T) {
+	t.Parallel()
+	tgt := amqpTarget(t)
+	u, err := url.Parse(tgt.provider.amqpURL)
+	require.NoError(t, err)
+	proxy := newCutProxy(t, u.Host)
+	prov := *tgt.provider
+	u.Host = proxy.ln.Addr().String()
+	prov.amqpURL = u.String()
+	tgt.provider = &prov
+	runWithRestart(t, tgt, 3000, func(context.Context) error {
+		proxy.cut(2 * time.Second)
+		return nil
+	})
 }
