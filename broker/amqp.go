@@ -216,8 +216,8 @@ func checkAMQPConfig(cfg config.AMQP) (string, error) {
 	if len(cfg.BindingKeys) == 0 {
 		problems = append(problems, errors.New("broker.amqp.binding_keys must list at least one key"))
 	}
-	if cfg.Prefetch < 1 {
-		problems = append(problems, fmt.Errorf("broker.amqp.prefetch must be >= 1, got %d", cfg.Prefetch))
+	if cfg.Prefetch < 1 || cfg.Prefetch > 65535 {
+		problems = append(problems, fmt.Errorf("broker.amqp.prefetch must be 1 to 65535, got %d", cfg.Prefetch))
 	}
 	if cfg.ChannelPoolSize < 1 {
 		problems = append(problems, fmt.Errorf("broker.amqp.channel_pool_size must be >= 1, got %d", cfg.ChannelPoolSize))

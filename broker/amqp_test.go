@@ -196,7 +196,8 @@ func TestNewAMQP_rejects_bad_config_naming_the_field(t *testing.T) {
 		{name: "not a URL", mutate: func(a *config.AMQP) { a.URL = "amqp://h:port/" }, wantErr: "broker.amqp.url is not a valid URL"},
 		{name: "no exchange", mutate: func(a *config.AMQP) { a.Exchange = "" }, wantErr: "broker.amqp.exchange must not be empty"},
 		{name: "no binding keys", mutate: func(a *config.AMQP) { a.BindingKeys = nil }, wantErr: "broker.amqp.binding_keys must list at least one key"},
-		{name: "zero prefetch", mutate: func(a *config.AMQP) { a.Prefetch = 0 }, wantErr: "broker.amqp.prefetch must be >= 1, got 0"},
+		{name: "zero prefetch", mutate: func(a *config.AMQP) { a.Prefetch = 0 }, wantErr: "broker.amqp.prefetch must be 1 to 65535, got 0"},
+		{name: "prefetch over AMQP's limit", mutate: func(a *config.AMQP) { a.Prefetch = 70000 }, wantErr: "broker.amqp.prefetch must be 1 to 65535, got 70000"},
 		{name: "zero pool", mutate: func(a *config.AMQP) { a.ChannelPoolSize = 0 }, wantErr: "broker.amqp.channel_pool_size must be >= 1, got 0"},
 		{name: "missing CA file", mutate: func(a *config.AMQP) { a.TLS = config.TLS{Enabled: true, CAFile: "/nonexistent/ca.pem"} }, wantErr: "broker.amqp.tls.ca_file"},
 	}
