@@ -14,19 +14,18 @@ import (
 	"github.com/eventpipe/eventpipe/config"
 )
 
-// BenchmarkEndToEnd measures events/s through the whole pipeline on each
-// broker (event published → rule → task published → executed → result
-// published), at the default settings and with the concurrency raised:
-// more handler subscriptions per queue on AMQP, more partitions on Kafka
-// (where messages in flight are bounded by partitions, not handlers).
+// BenchmarkEndToEnd measures events/s through the whole pipeline on Kafka
+// (event published → rule → task published → executed → result
+// published), at the default settings and with more partitions (messages
+// in flight are bounded by partitions, not handlers). RabbitMQ has its own,
+// BenchmarkAMQPEndToEnd.
 // One op is one event; the timer covers publishing the b.N events and
 // waiting until every task ran. The baseline raw_router runs in the same
 // run: a bare Watermill router whose one handler acks each event (one
 // publish and one delivery per event, where the pipeline has three and
 // two). Run with a fixed count, e.g.
 //
-//	EVENTPIPE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/ \
-//	  go test -run '^$' -bench BenchmarkEndToEnd -benchtime 10000x ./integration/
+//	go test -run '^$' -bench BenchmarkEndToEnd -benchtime 10000x ./integration/
 func BenchmarkEndToEnd(b *testing.B) {
 	settings := map[string][]struct {
 		name   string
