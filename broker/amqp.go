@@ -117,6 +117,7 @@ type AMQP struct {
 	declared  map[string]bool // topics whose queues exist
 	consumers map[string]*amqpConsumer
 	subConn   *amqp091.Connection
+	dialMu    sync.Mutex // one dial of subConn at a time
 	closed    bool
 	wg        sync.WaitGroup // consumers and the drop counter
 }
@@ -179,19 +180,29 @@ func NewAMQP(cfg config.AMQP, topics config.Topics, logger watermill.LoggerAdapt
 }
 
 // consumerConnection returns the consuming connection, dialling a new one
-// if RabbitMQ closed the last.
+// if RabbitMQ closed the last. One caller dials (without holding a.mu, so
+// Close never waits for a dial); the others wait for it.
 func (a *AMQP) consumerConnection() (*amqp091.Connection, error) {
+	a.dialMu.Lock()
+	defer a.dialMu.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.closed {
+	closed, conn := a.closed, a.subConn
+	a.mu.Unlock()
+	if closed {
 		return nil, ErrClosed
 	}
-	if a.subConn != nil && !a.subConn.IsClosed() {
-		return a.subConn, nil
+	if conn != nil && !conn.IsClosed() {
+		return conn, nil
 	}
 	conn, err := amqp091.DialConfig(a.cfg.URL, a.dialCfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to RabbitMQ at %s: %w", a.url, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		_ = closeAMQPConn(conn)
+		return nil, ErrClosed
 	}
 	a.subConn = conn
 	return conn, nil

@@ -42,11 +42,21 @@ func newCorkedConn(c net.Conn) *corkedConn {
 	return cc
 }
 
-// dialCorked dials like amqp091's default dialer (30 s timeout, TCP) and
-// corks the connection.
+// amqpDialTimeout bounds connecting and the TLS and AMQP handshakes: a
+// RabbitMQ that accepts TCP connections but does not answer (while its
+// application starts or stops) must not hold a dialler forever.
+const amqpDialTimeout = 10 * time.Second
+
+// dialCorked dials like amqp091's default dialer, with a deadline for the
+// handshakes that amqp091 clears once the connection is open, and corks
+// the connection.
 func dialCorked(network, addr string) (net.Conn, error) {
-	c, err := net.DialTimeout(network, addr, 30*time.Second)
+	c, err := net.DialTimeout(network, addr, amqpDialTimeout)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.SetDeadline(time.Now().Add(amqpDialTimeout)); err != nil {
+		_ = c.Close()
 		return nil, err
 	}
 	return newCorkedConn(c), nil
