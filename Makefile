@@ -10,7 +10,7 @@ PROMTOOL ?= promtool
 # The integration suite finds RabbitMQ here (scripts/test-deps.sh starts it).
 export EVENTPIPE_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: bench-kafka build run test test-unit test-integration test-race bench fuzz lint fmt tidy examples rules-check smoke-prometheus docker-build test-faults test-deps
+.PHONY: bench-amqp bench-kafka build run test test-unit test-integration test-race bench fuzz lint fmt tidy examples rules-check smoke-prometheus docker-build test-faults test-deps
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/eventpipe
@@ -57,9 +57,8 @@ bench:
 	@awk 'function m(u) { for (i = 1; i < NF; i++) if ($$(i+1) == u) return $$i } \
 	  /tracing_off-/ {off += m("cpu-µs/event"); offn++; offa = m("allocs/op")} /tracing_on-/ {on += m("cpu-µs/event"); onn++; ona = m("allocs/op")} \
 	  END { if (offn && onn) printf "embedded tracing on/off speed ratio (cpu per event): %.2f (off %.1f cpu-µs/event %d allocs, on %.1f cpu-µs/event %d allocs)\n", (off/offn)/(on/onn), off/offn, offa, on/onn, ona }' /tmp/eventpipe-bench-tracing.txt
-	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
-	  $(GO) test -run '^$$' -bench 'BenchmarkEndToEnd' -benchmem -benchtime 10000x ./integration/
 	$(MAKE) bench-kafka
+	$(MAKE) bench-amqp
 
 # bench-kafka: eventpipe on Kafka (a kfake process) against a bare franz-go
 # client in the same run, then 10 ms tasks at executor concurrency 8/64/256.
@@ -72,6 +71,13 @@ bench-kafka:
 	$(GO) test -run '^$$' -bench 'BenchmarkKafkaSlowTasks' -benchmem -benchtime 10000x ./integration/ | tee /tmp/eventpipe-bench-kafka-slow.txt
 	@awk 'function m(u) { for (i = 1; i < NF; i++) if ($$(i+1) == u) return $$i } \
 	  /BenchmarkKafkaSlowTasks\// { printf "%s: %.0f tasks/s = %.2f of concurrency / 10 ms\n", $$1, m("events/s"), m("events/s") / m("ideal-tasks/s") }' /tmp/eventpipe-bench-kafka-slow.txt
+
+# bench-amqp runs, on the local RabbitMQ, a raw amqp091-go pipelined baseline
+# and eventpipe with the shipped defaults, and prints their summary lines.
+bench-amqp:
+	EVENTPIPE_TEST_AMQP_URL=$${EVENTPIPE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/} \
+	  $(GO) test -run '^$$' -bench 'BenchmarkAMQPEndToEnd' -benchmem -benchtime 20000x ./integration/ | tee /tmp/eventpipe-bench-amqp.txt
+	@grep '^bench-amqp ' /tmp/eventpipe-bench-amqp.txt
 
 # fuzz runs every fuzz target for FUZZTIME each. Minimizing a new
 # interesting input may otherwise take 60 s (the default), counted in

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -44,9 +43,15 @@ const (
 	// (default 128 KiB); this leaves room for the other properties. A poison
 	// copy cut by truncatePoisonMetadata stays below it.
 	amqpMaxHeaderBytes = 96 << 10
+	// amqpCloseTimeout bounds closing a connection: a blocked or dead
+	// RabbitMQ does not answer connection.close.
+	amqpCloseTimeout = 2 * time.Second
+	// amqpDroppedKey is the routing key on <exchange>.dlx of messages
+	// RabbitMQ drops from a bounded queue (results, poison queues).
+	amqpDroppedKey = "eventpipe.dropped"
 )
 
-// AMQP is the RabbitMQ broker (watermill-amqp v3), with this topology:
+// AMQP is the RabbitMQ broker, on amqp091-go, with this topology:
 //
 //   - events: producers publish to the durable topic exchange
 //     broker.amqp.exchange (business.event.exchange) with routing key =
@@ -58,38 +63,42 @@ const (
 //     queue of that name, reached through the default exchange; the tasks
 //     queue has x-max-priority 10 and each task is published with its
 //     priority (HIGH 9, MEDIUM 5, LOW 1).
-//   - poison: every non-poison queue dead-letters to the direct exchange
+//   - poison: every work queue dead-letters to the direct exchange
 //     <exchange>.dlx with routing key <queue><poison_suffix>, which is bound
 //     to the poison queue of that name. eventpipe's poison middleware
 //     publishes to the same queue, so messages that RabbitMQ dead-letters
-//     (rejected without requeue by another tool, expired by a TTL policy,
-//     dropped by a length limit) end up beside the ones eventpipe poisons.
+//     (rejected without requeue by another tool, expired by a TTL policy)
+//     end up beside the ones eventpipe poisons.
+//   - bounded queues: the results queue and the poison queues keep at most
+//     broker.amqp.results_max_length / poison_max_length messages, for at
+//     most results_max_age / poison_max_age; RabbitMQ drops the oldest
+//     beyond that and dead-letters them to <exchange>.dlx with routing key
+//     eventpipe.dropped, where eventpipe counts them (queue_dropped_total)
+//     and logs them.
 //
-// Every queue and binding is declared before the first publish to it:
-// RabbitMQ confirms unroutable messages and drops them, so a message
-// published before any consumer existed would otherwise be lost.
+// Every queue and binding is declared before the first publish to it.
 //
-// Publishing: messages are persistent; Publish returns once RabbitMQ
-// confirmed every message (publisher confirms), and pipelines them: all
-// messages of one call are sent on one channel before their confirms are
-// awaited. Channels come from a pool of broker.amqp.channel_pool_size on
-// a publishing connection of their own (RabbitMQ blocks publishing
-// connections under flow control, which must not stall consumers). While
-// RabbitMQ is unreachable Publish redials and retries for up to 30 s, so a
-// restart does not fail handlers into poisoning their messages. The pool
-// is ours rather than watermill-amqp's: in v3.1.0 a pooled channel that
-// fails to reopen during an outage is lost for good (Publish blocks
-// forever once all are lost) and closing such a pool panics.
+// Publishing: messages are persistent and mandatory, with publisher
+// confirms, pipelined: a Publish sends all its messages, other handlers
+// send theirs on the same channels meanwhile, and confirms are matched by
+// delivery tag (see amqpPubChannel), so RabbitMQ confirms many messages per
+// disk sync. Publish returns once RabbitMQ confirmed each message. A nack
+// is retried; a message RabbitMQ returns as unroutable makes eventpipe
+// declare the topic's topology again (a deleted queue comes back) and
+// retry once, then fails with ErrUnroutable (permanent). While RabbitMQ is
+// unreachable Publish redials and retries for broker.amqp.publish_timeout;
+// while it blocks the connection (memory or disk alarm) Publish fails at
+// once with ErrBlocked. Publishing has a connection of its own: RabbitMQ
+// blocks publishing connections, which must not stall consumers' acks.
 //
-// Consuming is watermill-amqp's subscriber with manual acks after the
-// handler; a nacked message is requeued (shutdown, failed poison publish),
-// never dropped. The subscriber reconnects on its own and re-declares its
-// queue's topology.
+// Consuming: one consumer per queue and process with
+// broker.amqp.prefetch deliveries, all handed out at once (see
+// amqpConsumer); manual acks after the handler; a nack requeues, never
+// drops. Tasks with the same partition key are handled one at a time, in
+// queue order.
 //
-// Concurrency: each subscription (Subscribe call) has one delivery in
-// flight; broker.amqp.prefetch only buffers deliveries. Several
-// subscriptions on one queue, i.e. handler concurrency > 1, are what raise
-// the messages in flight.
+// Both connections gather their frames into few write syscalls (see
+// corkedConn).
 type AMQP struct {
 	cfg       config.AMQP
 	topics    config.Topics
@@ -97,22 +106,26 @@ type AMQP struct {
 	url       string // redacted, for errors
 	topology  *amqpTopology
 	marshaler amqpMarshaler
-	pool      *amqpPool
-	subConn   *amqp.ConnectionWrapper
-	sub       *amqp.Subscriber
-	// ctx ends at Close and cancels retrying publishes.
+	pub       *amqpPubConn
+	stats     *amqpStats
+	dialCfg   amqp091.Config
+	// ctx ends at Close and cancels retrying publishes and consumers.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	declared map[string]bool // topics whose queues exist
-	closed   bool
+	mu        sync.Mutex
+	declared  map[string]bool // topics whose queues exist
+	consumers map[string]*amqpConsumer
+	subConn   *amqp091.Connection
+	dialMu    sync.Mutex // one dial of subConn at a time
+	closed    bool
+	wg        sync.WaitGroup // consumers and the drop counter
 }
 
 // NewAMQP connects to cfg.URL (one connection for publishing, one for
 // consuming) and returns the broker; it declares the topology of a topic
-// when the topic is first published to or subscribed to. It fails when
-// RabbitMQ is unreachable; logger may be nil.
+// when the topic is first published to or subscribed to. It fails when RabbitMQ is unreachable; logger may
+// be nil.
 func NewAMQP(cfg config.AMQP, topics config.Topics, logger watermill.LoggerAdapter) (*AMQP, error) {
 	if logger == nil {
 		logger = watermill.NopLogger{}
@@ -131,54 +144,68 @@ func NewAMQP(cfg config.AMQP, topics config.Topics, logger watermill.LoggerAdapt
 		dlx:          cfg.Exchange + amqpDLXSuffix,
 		events:       topics.Events,
 		tasks:        topics.Tasks,
+		results:      topics.Results,
 		poisonSuffix: topics.PoisonSuffix,
+		cfg:          cfg,
 	}
 	a := &AMQP{
 		cfg: cfg, topics: topics, logger: logger, url: redacted, topology: topo,
 		marshaler: newAMQPMarshaler(), declared: make(map[string]bool),
+		consumers: make(map[string]*amqpConsumer), stats: newAMQPStats(),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	dialCfg := func(name string) *amqp091.Config {
-		return &amqp091.Config{
+	dialCfg := func(name string) amqp091.Config {
+		return amqp091.Config{
 			TLSClientConfig: tc,
 			Heartbeat:       10 * time.Second,
 			Locale:          "en_US",
 			Properties:      amqp091.Table{"connection_name": "eventpipe-" + name},
+			Dial:            dialCorked,
 		}
 	}
-	a.pool = newAMQPPool(cfg.URL, *dialCfg("publisher"), cfg.ChannelPoolSize)
-	if _, err := a.pool.connection(); err != nil {
+	a.dialCfg = dialCfg("consumer")
+	a.pub = newAMQPPubConn(cfg.URL, dialCfg("publisher"), cfg.ChannelPoolSize, a.stats)
+	if _, err := a.pub.connection(); err != nil {
 		return nil, fmt.Errorf("connect to RabbitMQ at %s: %w", redacted, err)
 	}
-	a.subConn, err = amqp.NewConnection(amqp.ConnectionConfig{
-		AmqpURI:    cfg.URL,
-		AmqpConfig: dialCfg("consumer"),
-		// Reconnect quickly: the default backoff grows to a minute.
-		Reconnect: &amqp.ReconnectConfig{
-			BackoffInitialInterval:     100 * time.Millisecond,
-			BackoffRandomizationFactor: 0.5,
-			BackoffMultiplier:          1.5,
-			BackoffMaxInterval:         3 * time.Second,
-		},
-	}, logger)
-	if err != nil {
-		a.pool.close()
+	if _, err := a.consumerConnection(); err != nil {
+		a.pub.close()
 		return nil, fmt.Errorf("connect to RabbitMQ at %s: %w", redacted, err)
 	}
-	a.sub, err = amqp.NewSubscriberWithConnection(amqp.Config{
-		Marshaler: a.marshaler,
-		// The topology builder declares exchanges and bindings per topic.
-		Exchange:        amqp.ExchangeConfig{GenerateName: func(string) string { return "" }},
-		Queue:           amqp.QueueConfig{GenerateName: amqp.GenerateQueueNameTopicName, Durable: true},
-		QueueBind:       amqp.QueueBindConfig{GenerateRoutingKey: func(string) string { return "" }},
-		Consume:         amqp.ConsumeConfig{Qos: amqp.QosConfig{PrefetchCount: cfg.Prefetch}},
-		TopologyBuilder: topo,
-	}, logger, a.subConn)
-	if err != nil {
-		_ = a.Close()
-		return nil, fmt.Errorf("amqp subscriber: %w", err)
+	if topo.poisonSuffix != "" {
+		a.wg.Add(1)
+		go a.countDropped()
 	}
 	return a, nil
+}
+
+// consumerConnection returns the consuming connection, dialling a new one
+// if RabbitMQ closed the last. One caller dials (without holding a.mu, so
+// Close never waits for a dial); the others wait for it.
+func (a *AMQP) consumerConnection() (*amqp091.Connection, error) {
+	a.dialMu.Lock()
+	defer a.dialMu.Unlock()
+	a.mu.Lock()
+	closed, conn := a.closed, a.subConn
+	a.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	if conn != nil && !conn.IsClosed() {
+		return conn, nil
+	}
+	conn, err := amqp091.DialConfig(a.cfg.URL, a.dialCfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to RabbitMQ at %s: %w", a.url, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		_ = closeAMQPConn(conn)
+		return nil, ErrClosed
+	}
+	a.subConn = conn
+	return conn, nil
 }
 
 // checkAMQPConfig checks what NewAMQP cannot work without and returns the
@@ -200,8 +227,8 @@ func checkAMQPConfig(cfg config.AMQP) (string, error) {
 	if len(cfg.BindingKeys) == 0 {
 		problems = append(problems, errors.New("broker.amqp.binding_keys must list at least one key"))
 	}
-	if cfg.Prefetch < 1 {
-		problems = append(problems, fmt.Errorf("broker.amqp.prefetch must be >= 1, got %d", cfg.Prefetch))
+	if cfg.Prefetch < 1 || cfg.Prefetch > 65535 {
+		problems = append(problems, fmt.Errorf("broker.amqp.prefetch must be 1 to 65535, got %d", cfg.Prefetch))
 	}
 	if cfg.ChannelPoolSize < 1 {
 		problems = append(problems, fmt.Errorf("broker.amqp.channel_pool_size must be >= 1, got %d", cfg.ChannelPoolSize))
@@ -213,8 +240,8 @@ func checkAMQPConfig(cfg config.AMQP) (string, error) {
 func (a *AMQP) Publisher() message.Publisher { return amqpPublisher{a} }
 
 // Subscriber declares topic's queue, bindings and poison queue and returns
-// a subscriber; each Subscribe is one more consumer on the queue. Its Close
-// is a no-op.
+// a subscriber. All Subscribe calls on a topic share the process's one
+// consumer of its queue (see amqpConsumer). Its Close is a no-op.
 func (a *AMQP) Subscriber(topic string) (message.Subscriber, error) {
 	if err := a.declare(topic); err != nil {
 		return nil, err
@@ -230,24 +257,36 @@ func (a *AMQP) Ping(context.Context) error {
 	if closed {
 		return ErrClosed
 	}
-	if !a.pool.connected() || !a.subConn.IsConnected() {
+	a.mu.Lock()
+	subUp := a.subConn != nil && !a.subConn.IsClosed()
+	a.mu.Unlock()
+	if !a.pub.connected() || !subUp {
 		return fmt.Errorf("not connected to RabbitMQ at %s", a.url)
 	}
 	return nil
 }
 
-// Backlog reports the messages ready in every queue eventpipe declared
-// (unacked deliveries are being handled, so they do not count). It
-// implements BacklogReporter; a queue is one partition, "0".
+// Backlog reports the messages ready in every queue eventpipe declared,
+// the results queue and the poison queues included (unacked deliveries
+// are being handled, so they do not count). It implements
+// BacklogReporter; a queue is one partition, "0".
 func (a *AMQP) Backlog(ctx context.Context) ([]Backlog, error) {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
 		return nil, ErrClosed
 	}
-	queues := slices.Sorted(maps.Keys(a.declared))
+	// The results queue counts even before this process published to it.
+	names := map[string]bool{a.topics.Results: true}
+	for q := range a.declared {
+		names[q] = true
+		if a.topology.poisonSuffix != "" && !a.topology.isPoison(q) {
+			names[q+a.topology.poisonSuffix] = true
+		}
+	}
 	a.mu.Unlock()
-	conn, err := a.pool.connection()
+	queues := slices.Sorted(maps.Keys(names))
+	conn, err := a.pub.connection()
 	if err != nil {
 		return nil, fmt.Errorf("queue depth on RabbitMQ at %s: %w", a.url, err)
 	}
@@ -270,6 +309,10 @@ func (a *AMQP) Backlog(ctx context.Context) ([]Backlog, error) {
 			}
 		}
 		info, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+		var aerr *amqp091.Error
+		if errors.As(err, &aerr) && aerr.Code == amqp091.NotFound && !a.isDeclared(q) {
+			continue // not declared yet by anyone
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("queue depth of %s: %w", q, err))
 			continue
@@ -281,7 +324,9 @@ func (a *AMQP) Backlog(ctx context.Context) ([]Backlog, error) {
 
 var _ BacklogReporter = (*AMQP)(nil)
 
-// Close stops every subscription and closes the publisher and both connections.
+// Close stops every consumer and closes both connections. Publishes and
+// consumers in flight end with ErrClosed; unacked deliveries go back to
+// their queues.
 func (a *AMQP) Close() error {
 	a.mu.Lock()
 	if a.closed {
@@ -289,19 +334,28 @@ func (a *AMQP) Close() error {
 		return nil
 	}
 	a.closed = true
+	subConn := a.subConn
 	a.mu.Unlock()
 	a.cancel()
+	a.wg.Wait()
 	var errs []error
-	if a.sub != nil {
-		if err := a.sub.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close amqp subscriber: %w", err))
+	if subConn != nil {
+		if err := closeAMQPConn(subConn); err != nil {
+			errs = append(errs, fmt.Errorf("close amqp consumer connection: %w", err))
 		}
 	}
-	if err := a.subConn.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close amqp consumer connection: %w", err))
-	}
-	a.pool.close()
+	a.pub.close()
 	return errors.Join(errs...)
+}
+
+// closeAMQPConn closes conn within amqpCloseTimeout: a blocked or dead
+// peer does not answer connection.close.
+func closeAMQPConn(conn *amqp091.Connection) error {
+	err := conn.CloseDeadline(time.Now().Add(amqpCloseTimeout))
+	if errors.Is(err, amqp091.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 // declare declares topic's topology once, on the publishing connection.
@@ -317,7 +371,7 @@ func (a *AMQP) declare(topic string) error {
 	if a.declared[topic] {
 		return nil
 	}
-	conn, err := a.pool.connection()
+	conn, err := a.pub.connection()
 	if err != nil {
 		return fmt.Errorf("declare %s on RabbitMQ at %s: %w", topic, a.url, err)
 	}
@@ -340,6 +394,12 @@ func checkQueueName(topic string) error {
 	return nil
 }
 
+func (a *AMQP) isDeclared(topic string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.declared[topic]
+}
+
 // forget makes the next publish to topic declare its topology again.
 func (a *AMQP) forget(topic string) {
 	a.mu.Lock()
@@ -348,8 +408,11 @@ func (a *AMQP) forget(topic string) {
 }
 
 // publish publishes msgs of topic to exchange with routing key key and
-// waits for their confirms, retrying what was not confirmed until the
-// broker closes or amqpPublishRetryTimeout passes.
+// waits for their confirms, retrying what failed until the broker closes or
+// broker.amqp.publish_timeout passes. A message RabbitMQ returns as
+// unroutable is retried once after declaring topic's topology again, then
+// is a permanent ErrUnroutable. While RabbitMQ blocks publishing, publish
+// fails at once with ErrBlocked.
 func (a *AMQP) publish(topic, exchange, key string, msgs []*message.Message) error {
 	if err := checkQueueName(topic); err != nil {
 		return err
@@ -365,26 +428,57 @@ func (a *AMQP) publish(topic, exchange, key string, msgs []*message.Message) err
 		}
 		pubs[i] = p
 	}
-	ctx, cancel := context.WithTimeout(a.ctx, cmp.Or(a.cfg.PublishTimeout, amqpPublishRetryTimeout))
+	timeout := cmp.Or(a.cfg.PublishTimeout, amqpPublishRetryTimeout)
+	ctx, cancel := context.WithTimeout(a.ctx, timeout)
 	defer cancel()
 	wait := 50 * time.Millisecond
+	redeclared := false
 	for {
 		err := a.declare(topic)
+		var errs []error
 		if err == nil {
-			pubs, err = a.pool.publish(ctx, exchange, key, pubs)
+			errs, err = a.pub.publish(ctx, exchange, key, true, pubs)
 		}
 		if err == nil {
-			return nil
+			var failed []amqp091.Publishing
+			var unroutable, other error
+			for i, e := range errs {
+				switch {
+				case e == nil:
+				case errors.Is(e, ErrUnroutable):
+					failed, unroutable = append(failed, pubs[i]), e
+				default:
+					failed, other = append(failed, pubs[i]), e
+				}
+			}
+			if len(failed) == 0 {
+				return nil
+			}
+			pubs = failed
+			if other == nil && !redeclared {
+				// A deleted queue or binding: declare it again, at once.
+				redeclared = true
+				a.forget(topic)
+				continue
+			}
+			if other == nil {
+				a.stats.unroutable.Add(uint64(len(failed)))
+				return permanent.Wrap(fmt.Errorf("publish %d messages of %s to exchange %q with routing key %q: %w",
+					len(failed), topic, exchange, key, unroutable))
+			}
+			err = other
 		}
-		if errors.Is(err, ErrClosed) || a.ctx.Err() != nil {
+		switch {
+		case errors.Is(err, ErrClosed) || a.ctx.Err() != nil:
 			return ErrClosed
-		}
-		if ctx.Err() != nil {
+		case errors.Is(err, ErrBlocked):
+			return fmt.Errorf("publish %d messages to %s on RabbitMQ at %s: %w", len(pubs), topic, a.url, err)
+		case ctx.Err() != nil:
 			return fmt.Errorf("publish %d messages to %s on RabbitMQ at %s (retried for %s): %w",
-				len(pubs), topic, a.url, cmp.Or(a.cfg.PublishTimeout, amqpPublishRetryTimeout), err)
+				len(pubs), topic, a.url, timeout, err)
 		}
 		// Someone may have deleted the exchange or queue (RabbitMQ then
-		// closes the channel, or drops unroutable messages): declare again.
+		// closes the channel): declare again.
 		a.forget(topic)
 		a.logger.Debug("AMQP publish failed, retrying", watermill.LogFields{"topic": topic, "err": err.Error()})
 		select {
@@ -461,35 +555,56 @@ func (amqpPublisher) Close() error { return nil }
 type amqpSubscriber struct{ a *AMQP }
 
 func (s amqpSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	if err := s.a.declare(topic); err != nil {
+	a := s.a
+	if err := a.declare(topic); err != nil {
 		return nil, err
 	}
-	return s.a.sub.Subscribe(ctx, topic)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil, ErrClosed
+	}
+	c := a.consumers[topic]
+	if c == nil {
+		c = a.startConsumer(topic)
+		a.consumers[topic] = c
+		a.wg.Add(1)
+		go func() { <-c.done; a.wg.Done() }()
+	}
+	c.refs++
+	return c.subscribe(ctx), nil
+}
+
+// release ends a subscription of c; the last one stops c.
+func (a *AMQP) release(c *amqpConsumer) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c.refs--; c.refs == 0 {
+		c.stop()
+		if a.consumers[c.topic] == c {
+			delete(a.consumers, c.topic)
+		}
+	}
 }
 
 func (amqpSubscriber) Close() error { return nil }
 
 // amqpTopology declares eventpipe's queues, exchanges and bindings (see
-// AMQP). It is watermill-amqp's TopologyBuilder, so the subscriber
-// re-declares a queue's topology after every reconnect.
+// AMQP). Consumers declare their queue's topology again on every new
+// channel, so a deleted queue comes back.
 type amqpTopology struct {
 	exchange     string
 	bindingKeys  []string
 	dlx          string
 	events       string
 	tasks        string
+	results      string
 	poisonSuffix string
+	cfg          config.AMQP
 }
 
-var _ amqp.TopologyBuilder = (*amqpTopology)(nil)
-
-// BuildTopology declares the topology of params.Topic.
-func (t *amqpTopology) BuildTopology(ch *amqp091.Channel, params amqp.BuildTopologyParams, _ amqp.Config, _ watermill.LoggerAdapter) error {
-	return t.declare(ch, params.Topic)
-}
-
-// ExchangeDeclare declares the events exchange, the only one eventpipe publishes to by name.
-func (t *amqpTopology) ExchangeDeclare(ch *amqp091.Channel, name string, _ amqp.Config) error {
+// declareExchange declares the events exchange, the only one eventpipe publishes to by name.
+func (t *amqpTopology) declareExchange(ch *amqp091.Channel, name string) error {
 	if err := ch.ExchangeDeclare(name, amqp091.ExchangeTopic, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("declare topic exchange %s: %w", name, err)
 	}
@@ -500,15 +615,38 @@ func (t *amqpTopology) isPoison(topic string) bool {
 	return t.poisonSuffix != "" && strings.HasSuffix(topic, t.poisonSuffix)
 }
 
-// queueArgs returns the arguments topic's queue is declared with.
+// queueArgs returns the arguments topic's queue is declared with: work
+// queues dead-letter to their poison queue; the results and poison queues
+// are bounded, and what RabbitMQ drops from them is dead-lettered to
+// amqpDroppedKey to be counted.
 func (t *amqpTopology) queueArgs(topic string) amqp091.Table {
 	args := amqp091.Table{}
-	if !t.isPoison(topic) && t.poisonSuffix != "" {
+	bound := func(maxLen int, maxAge time.Duration) {
+		if t.poisonSuffix != "" {
+			args["x-dead-letter-exchange"] = t.dlx
+			args["x-dead-letter-routing-key"] = amqpDroppedKey
+		}
+		if maxLen > 0 {
+			args["x-max-length"] = int64(maxLen)
+		}
+		if maxAge > 0 {
+			args["x-message-ttl"] = max(maxAge.Milliseconds(), 1)
+		}
+	}
+	switch {
+	case t.isPoison(topic):
+		bound(t.cfg.PoisonMaxLength, t.cfg.PoisonMaxAge)
+	case topic == t.results:
+		bound(t.cfg.ResultsMaxLength, t.cfg.ResultsMaxAge)
+	case t.poisonSuffix != "":
 		args["x-dead-letter-exchange"] = t.dlx
 		args["x-dead-letter-routing-key"] = topic + t.poisonSuffix
 	}
 	if topic == t.tasks {
 		args["x-max-priority"] = int32(amqpMaxPriority)
+		if t.cfg.SingleActiveConsumer {
+			args["x-single-active-consumer"] = true
+		}
 	}
 	return args
 }
@@ -538,7 +676,7 @@ func (t *amqpTopology) declare(ch *amqp091.Channel, topic string) error {
 	if topic != t.events {
 		return nil
 	}
-	if err := t.ExchangeDeclare(ch, t.exchange, amqp.Config{}); err != nil {
+	if err := t.declareExchange(ch, t.exchange); err != nil {
 		return err
 	}
 	for _, key := range t.bindingKeys {

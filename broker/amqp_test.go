@@ -145,24 +145,42 @@ func TestEventRoutingKey_is_the_event_type(t *testing.T) {
 
 func TestAMQPTopology_queue_arguments(t *testing.T) {
 	t.Parallel()
-	topo := &amqpTopology{exchange: "ex", dlx: "ex.dlx", events: "business-events", tasks: "schedule-tasks", poisonSuffix: ".dlq"}
+	cfg := config.Default().Broker.AMQP
+	cfg.ResultsMaxAge = 2 * time.Hour
+	topo := &amqpTopology{exchange: "ex", dlx: "ex.dlx", events: "business-events", tasks: "schedule-tasks",
+		results: "task-results", poisonSuffix: ".dlq", cfg: cfg}
+	sac := cfg
+	sac.SingleActiveConsumer = true
+	sac.PoisonMaxLength, sac.PoisonMaxAge = -1, time.Minute
+	topoSAC := *topo
+	topoSAC.cfg = sac
 	tests := []struct {
 		name  string
+		topo  *amqpTopology
 		topic string
 		want  amqp091.Table
 	}{
-		{name: "events dead-letter to their poison queue", topic: "business-events", want: amqp091.Table{
+		{name: "events dead-letter to their poison queue", topo: topo, topic: "business-events", want: amqp091.Table{
 			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "business-events.dlq"}},
-		{name: "tasks are a priority queue", topic: "schedule-tasks", want: amqp091.Table{
+		{name: "tasks are a priority queue", topo: topo, topic: "schedule-tasks", want: amqp091.Table{
 			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "schedule-tasks.dlq", "x-max-priority": int32(10)}},
-		{name: "poison queues do not dead-letter", topic: "schedule-tasks.dlq", want: amqp091.Table{}},
-		{name: "other topics dead-letter too", topic: "task-results", want: amqp091.Table{
-			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "task-results.dlq"}},
+		{name: "tasks with a single active consumer", topo: &topoSAC, topic: "schedule-tasks", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "schedule-tasks.dlq", "x-max-priority": int32(10),
+			"x-single-active-consumer": true}},
+		{name: "poison queues are bounded and their drops counted", topo: topo, topic: "schedule-tasks.dlq", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "eventpipe.dropped", "x-max-length": int64(1_000_000)}},
+		{name: "poison queues bounded by age only", topo: &topoSAC, topic: "schedule-tasks.dlq", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "eventpipe.dropped", "x-message-ttl": int64(60_000)}},
+		{name: "results are bounded by length and age", topo: topo, topic: "task-results", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "eventpipe.dropped",
+			"x-max-length": int64(100_000), "x-message-ttl": int64(7_200_000)}},
+		{name: "other topics dead-letter to their poison queue", topo: topo, topic: "audit", want: amqp091.Table{
+			"x-dead-letter-exchange": "ex.dlx", "x-dead-letter-routing-key": "audit.dlq"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			assert.Equal(t, tt.want, topo.queueArgs(tt.topic))
+			assert.Equal(t, tt.want, tt.topo.queueArgs(tt.topic))
 		})
 	}
 }
@@ -178,7 +196,8 @@ func TestNewAMQP_rejects_bad_config_naming_the_field(t *testing.T) {
 		{name: "not a URL", mutate: func(a *config.AMQP) { a.URL = "amqp://h:port/" }, wantErr: "broker.amqp.url is not a valid URL"},
 		{name: "no exchange", mutate: func(a *config.AMQP) { a.Exchange = "" }, wantErr: "broker.amqp.exchange must not be empty"},
 		{name: "no binding keys", mutate: func(a *config.AMQP) { a.BindingKeys = nil }, wantErr: "broker.amqp.binding_keys must list at least one key"},
-		{name: "zero prefetch", mutate: func(a *config.AMQP) { a.Prefetch = 0 }, wantErr: "broker.amqp.prefetch must be >= 1, got 0"},
+		{name: "zero prefetch", mutate: func(a *config.AMQP) { a.Prefetch = 0 }, wantErr: "broker.amqp.prefetch must be 1 to 65535, got 0"},
+		{name: "prefetch over AMQP's limit", mutate: func(a *config.AMQP) { a.Prefetch = 70000 }, wantErr: "broker.amqp.prefetch must be 1 to 65535, got 70000"},
 		{name: "zero pool", mutate: func(a *config.AMQP) { a.ChannelPoolSize = 0 }, wantErr: "broker.amqp.channel_pool_size must be >= 1, got 0"},
 		{name: "missing CA file", mutate: func(a *config.AMQP) { a.TLS = config.TLS{Enabled: true, CAFile: "/nonexistent/ca.pem"} }, wantErr: "broker.amqp.tls.ca_file"},
 	}

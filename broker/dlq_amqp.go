@@ -72,7 +72,7 @@ func (a *AMQP) dlqGet(ctx context.Context, topic string,
 	if closed {
 		return 0, ErrClosed
 	}
-	conn, err := a.pool.connection()
+	conn, err := a.pub.connection()
 	if err != nil {
 		return 0, fmt.Errorf("read %s on RabbitMQ at %s: %w", topic, a.url, err)
 	}

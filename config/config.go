@@ -124,7 +124,7 @@ type SASL struct {
 	Password  string `yaml:"password"`
 }
 
-// AMQP configures the RabbitMQ broker (watermill-amqp v3).
+// AMQP configures the RabbitMQ broker (amqp091-go).
 type AMQP struct {
 	// URL is amqp:// or amqps://. Default amqp://guest:guest@127.0.0.1:5672/.
 	// Env EVENTPIPE_AMQP_URL.
@@ -134,10 +134,26 @@ type AMQP struct {
 	Exchange string `yaml:"exchange"`
 	// BindingKeys bind the events queue to Exchange. Default ["#"] (every event type).
 	BindingKeys []string `yaml:"binding_keys"`
-	// Prefetch is the consumer prefetch count. Default 64.
+	// Prefetch is the consumer prefetch count, and the number of messages
+	// of a queue handled at once by this process (whatever the handler
+	// concurrency). Default 256.
 	Prefetch int `yaml:"prefetch"`
-	// ChannelPoolSize is the publisher's channel pool. Default 8.
+	// ChannelPoolSize is the number of publishing channels (each with many
+	// messages awaiting their confirm). Default 4.
 	ChannelPoolSize int `yaml:"channel_pool_size"`
+	// ResultsMaxLength bounds the results queue; RabbitMQ drops the oldest
+	// beyond it (counted in queue_dropped_total). Default 100000; < 0 no limit.
+	ResultsMaxLength int `yaml:"results_max_length"`
+	// ResultsMaxAge drops results older than this. Default 168h; < 0 no limit.
+	ResultsMaxAge time.Duration `yaml:"results_max_age"`
+	// PoisonMaxLength bounds each poison queue. Default 1000000; < 0 no limit.
+	PoisonMaxLength int `yaml:"poison_max_length"`
+	// PoisonMaxAge drops poison messages older than this. Default -1 (no limit).
+	PoisonMaxAge time.Duration `yaml:"poison_max_age"`
+	// SingleActiveConsumer declares the tasks queue with
+	// x-single-active-consumer, so per-key order holds across replicas
+	// (one consumes, the others stand by). Default false.
+	SingleActiveConsumer bool `yaml:"single_active_consumer"`
 	// PublishTimeout bounds how long a publish keeps retrying while
 	// RabbitMQ is unreachable before it fails. Default 30s.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
@@ -393,12 +409,16 @@ func Default() *Config {
 				PublishTimeout:    30 * time.Second,
 			},
 			AMQP: AMQP{
-				URL:             "amqp://guest:guest@127.0.0.1:5672/",
-				Exchange:        "business.event.exchange",
-				BindingKeys:     []string{"#"},
-				Prefetch:        64,
-				ChannelPoolSize: 8,
-				PublishTimeout:  30 * time.Second,
+				URL:              "amqp://guest:guest@127.0.0.1:5672/",
+				Exchange:         "business.event.exchange",
+				BindingKeys:      []string{"#"},
+				Prefetch:         256,
+				ChannelPoolSize:  4,
+				PublishTimeout:   30 * time.Second,
+				ResultsMaxLength: 100_000,
+				ResultsMaxAge:    7 * 24 * time.Hour,
+				PoisonMaxLength:  1_000_000,
+				PoisonMaxAge:     -1,
 			},
 		},
 		Topics: Topics{

@@ -249,6 +249,10 @@ func TestValidate_names_each_invalid_value(t *testing.T) {
 			c.Broker.Kind = BrokerAMQP
 			c.Broker.AMQP.Prefetch = 0
 		}, "broker.amqp.prefetch must be >= 1, got 0"},
+		{"amqp prefetch over AMQP's limit", func(c *Config) {
+			c.Broker.Kind = BrokerAMQP
+			c.Broker.AMQP.Prefetch = 70000
+		}, "broker.amqp.prefetch must be <= 65535 (AMQP's limit), got 70000"},
 		{"empty topic", func(c *Config) { c.Topics.Results = "" }, "topics.results must not be empty"},
 		{"same topic twice", func(c *Config) { c.Topics.Results = c.Topics.Tasks }, `topics.tasks must differ from topics.results, got "schedule-tasks"`},
 		{"empty poison suffix", func(c *Config) { c.Topics.PoisonSuffix = "" }, "topics.poison_suffix must not be empty"},

@@ -104,6 +104,10 @@ func (c *Config) setDefaults() {
 	}
 	orDefault(&c.Broker.AMQP.Prefetch, d.Broker.AMQP.Prefetch)
 	orDefault(&c.Broker.AMQP.ChannelPoolSize, d.Broker.AMQP.ChannelPoolSize)
+	orDefault(&c.Broker.AMQP.ResultsMaxLength, d.Broker.AMQP.ResultsMaxLength)
+	orDefault(&c.Broker.AMQP.ResultsMaxAge, d.Broker.AMQP.ResultsMaxAge)
+	orDefault(&c.Broker.AMQP.PoisonMaxLength, d.Broker.AMQP.PoisonMaxLength)
+	orDefault(&c.Broker.AMQP.PoisonMaxAge, d.Broker.AMQP.PoisonMaxAge)
 
 	orDefault(&c.Topics.Events, d.Topics.Events)
 	orDefault(&c.Topics.Tasks, d.Topics.Tasks)

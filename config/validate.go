@@ -123,6 +123,7 @@ func (a AMQP) validate(v *validator) {
 		v.check(k != "", "broker.amqp.binding_keys[%d] must not be empty", i)
 	}
 	v.min("broker.amqp.prefetch", a.Prefetch, 1)
+	v.check(a.Prefetch <= 65535, "broker.amqp.prefetch must be <= 65535 (AMQP's limit), got %d", a.Prefetch)
 	v.min("broker.amqp.channel_pool_size", a.ChannelPoolSize, 1)
 	a.TLS.validate(v, "broker.amqp.tls")
 }

@@ -60,7 +60,8 @@ type options struct {
 	shutdown time.Duration
 	// kafkaMaxMessageBytes is kfake's message.max.bytes; 0 = its default.
 	kafkaMaxMessageBytes int
-	// prefetch is broker.amqp.prefetch; default 64 (eventpipe's).
+	// prefetch is broker.amqp.prefetch, the messages in flight per queue
+	// and process; default 256 (eventpipe's).
 	prefetch int
 	// publishTimeout is broker.kafka/amqp.publish_timeout; default 30s.
 	publishTimeout time.Duration
@@ -117,7 +118,7 @@ func newEnv(t *testing.T, kind string, opts options) *env {
 	e.opts.trigger = cmpOr(e.opts.trigger, 4)
 	e.opts.executor = cmpOr(e.opts.executor, 8)
 	e.opts.shutdown = cmpOr(e.opts.shutdown, 10*time.Second)
-	e.opts.prefetch = cmpOr(e.opts.prefetch, 64)
+	e.opts.prefetch = cmpOr(e.opts.prefetch, 256)
 	e.opts.publishTimeout = cmpOr(e.opts.publishTimeout, 30*time.Second)
 	if kind == kafka {
 		e.kafka = startKfake(t, dir, opts.kafkaMaxMessageBytes)

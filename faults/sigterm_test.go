@@ -39,14 +39,15 @@ const sigtermRules = `  - ruleId: "ledger"
 //
 // All 100 must run at once: executor concurrency 100 (on Kafka over the
 // default 8 partitions: many tasks in flight per partition); on RabbitMQ
-// prefetch 1, or one consumer would buffer up to 64 tasks behind its slow one.
+// prefetch 100 (the process's one consumer of the queue hands out prefetch
+// messages at once).
 func TestSIGTERM(t *testing.T) {
 	const tasks, shutdown = 100, 10 * time.Second
 	const quick, slow = 5, 60 // seconds; quick ends well before the drain deadline (shutdown_timeout - 2 s)
 	for _, kind := range brokers {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, kind, options{rules: sigtermRules, executor: tasks, shutdown: shutdown, prefetch: 1})
+			e := newEnv(t, kind, options{rules: sigtermRules, executor: tasks, shutdown: shutdown, prefetch: tasks})
 			require.NoError(t, os.WriteFile(e.slow, nil, 0o600))
 			evs, want := e.slowEvents(tasks, func(i int) int {
 				if i%2 == 0 {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/eventpipe/eventpipe/broker"
 	"github.com/eventpipe/eventpipe/config"
+	"github.com/eventpipe/eventpipe/permanent"
 	"github.com/eventpipe/eventpipe/task"
 )
 
@@ -200,8 +201,12 @@ func TestAMQP_binding_keys_select_event_types(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, amqpTarget(t), func(c *config.Config) { c.Broker.AMQP.BindingKeys = []string{"order.*"} }, nil)
 	res := h.watch(h.cfg.Topics.Results)
-	// "order.created.eu" has three words: "order.*" does not bind it.
-	h.publish(ev("o-skip", "order.created.eu"), ev("o-take", "order.created"))
+	// "order.created.eu" has three words: "order.*" does not bind it, so
+	// its publish fails (mandatory, returned) instead of vanishing.
+	err := h.b.Publisher().Publish(h.cfg.Topics.Events, message.NewMessage("o-skip", []byte(ev("o-skip", "order.created.eu"))))
+	require.ErrorIs(t, err, broker.ErrUnroutable)
+	assert.True(t, permanent.Is(err), "retrying cannot route it: %v", err)
+	h.publish(ev("o-take", "order.created"))
 
 	got := results(t, res.waitFor(t, 1, waitLong))
 	assert.Equal(t, task.ID("o-take", "audit"), got[0].TaskID)

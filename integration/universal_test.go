@@ -52,9 +52,12 @@ func TestUniversalPubSub(t *testing.T) {
 	})
 	amqpFeatures := tests.Features{
 		// One queue per topic: every subscriber competes; no groups.
-		ConsumerGroups:                      false,
-		Persistent:                          true,
-		GuaranteedOrder:                     true,
+		ConsumerGroups: false,
+		Persistent:     true,
+		// Not GuaranteedOrder: the subscriber hands out up to prefetch
+		// messages before the first is acked (TestNoAck checks one at a
+		// time); delivery order is kept, and per-key order by the broker.
+		GuaranteedOrder:                     false,
 		GuaranteedOrderWithSingleSubscriber: true,
 		ForceShort:                          true,
 	}

@@ -158,6 +158,14 @@ func New(cfg *config.Config, opts ...Option) (*Pipeline, error) {
 			return nil, fmt.Errorf("connect %s broker: %w", cfg.Broker.Kind, err)
 		}
 	}
+	if c, ok := p.broker.(interface{ Collector() prometheus.Collector }); ok && p.metrics != nil {
+		// The broker's own metrics (RabbitMQ: blocked connection, unroutable
+		// publishes, drops from bounded queues); one set per registry.
+		if err := p.registry.Register(c.Collector()); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			_ = p.Close()
+			return nil, fmt.Errorf("register broker metrics: %w", err)
+		}
+	}
 	if err := p.buildRouter(wlog, &o); err != nil {
 		_ = p.Close()
 		return nil, err
