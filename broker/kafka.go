@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/eventpipe/eventpipe/config"
 )
@@ -360,21 +361,43 @@ func (k *Kafka) ensureTopic(topic string) error {
 	return nil
 }
 
-// readMaxBytes reads topic's max.message.bytes, the producer's batch limit
+// readMaxBytes reads topic's record size limit, the producer's batch limit
 // for it: a poison copy of a large event then fits whenever the topic takes
-// it. Without it (no rights, an old broker) Kafka's default applies.
+// it. The limit is the topic's max.message.bytes where the topic sets one,
+// else the broker's message.max.bytes (what a topic without its own value
+// enforces). Without either (no rights, an old broker) Kafka's default applies.
 func (k *Kafka) readMaxBytes(ctx context.Context, topic string) {
+	limit := func(v *string) (int32, bool) {
+		if v == nil {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(*v, 10, 32)
+		return int32(n), err == nil && n >= 512
+	}
 	rcs, err := k.admin.DescribeTopicConfigs(ctx, topic)
 	if err != nil {
 		return
 	}
 	for _, rc := range rcs {
 		for _, c := range rc.Configs {
-			if rc.Err != nil || c.Key != "max.message.bytes" || c.Value == nil {
+			if rc.Err != nil || c.Key != "max.message.bytes" {
 				continue
 			}
-			if n, err := strconv.ParseInt(*c.Value, 10, 32); err == nil && n >= 512 {
-				k.maxBytes.Store(topic, int32(n))
+			if n, ok := limit(c.Value); ok && c.Source != kmsg.ConfigSourceDefaultConfig {
+				k.maxBytes.Store(topic, n)
+				return
+			}
+		}
+	}
+	bcs, err := k.admin.DescribeBrokerConfigs(ctx)
+	if err != nil {
+		return
+	}
+	for _, rc := range bcs {
+		for _, c := range rc.Configs {
+			if n, ok := limit(c.Value); ok && rc.Err == nil && c.Key == "message.max.bytes" {
+				k.maxBytes.Store(topic, n)
+				return
 			}
 		}
 	}

@@ -755,3 +755,12 @@ func TestKafka_reports_topics_it_owns_no_partition_of(t *testing.T) {
 		}
 	}
 }
+
+// TestKafka_publishes_records_as_large_as_the_cluster_takes: the producer's
+// batch limit is the broker's message.max.bytes (a topic without its own
+// max.message.bytes enforces that), not Kafka's 1 MiB default.
+func TestKafka_publishes_records_as_large_as_the_cluster_takes(t *testing.T) {
+	t.Parallel()
+	k, topics := newTestKafka(t, newKfake(t, kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(8 << 20)})), nil)
+	require.NoError(t, k.Publisher().Publish(topics.Results, message.NewMessage("big", make([]byte, 2<<20))))
+}
