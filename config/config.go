@@ -245,8 +245,9 @@ type Event struct {
 type Trigger struct {
 	// Concurrency is the number of events handled at once (handlers
 	// subscribed to the events topic, one event in flight each; on Kafka
-	// independent of the partition count). Each waits mostly on publishing
-	// its tasks, so it pays to keep many in flight. Default 64.
+	// independent of the partition count; on RabbitMQ broker.amqp.prefetch
+	// bounds what is in flight instead). Each waits mostly on publishing its
+	// tasks, so it pays to keep many in flight. Default 64.
 	Concurrency int `yaml:"concurrency"`
 	// Timeout bounds one attempt at handling an event. Default 30s.
 	Timeout time.Duration `yaml:"timeout"`
@@ -256,7 +257,7 @@ type Trigger struct {
 type Executor struct {
 	// Concurrency is the number of tasks run at once (on Kafka independent
 	// of the partition count; tasks with one partition key still run one
-	// after another). Default 64.
+	// after another; on RabbitMQ broker.amqp.prefetch bounds it). Default 64.
 	Concurrency int `yaml:"concurrency"`
 	// Timeout bounds one attempt at a task that sets no timeout of its own
 	// (parameters.timeout, which wins when set; the executors' own
