@@ -2,9 +2,11 @@ package task_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -53,4 +55,13 @@ func TestTimeoutDuration(t *testing.T) {
 	t.Parallel()
 	assert.Equal(t, 7*time.Second, (&task.Task{}).TimeoutDuration(7*time.Second))
 	assert.Equal(t, 3*time.Second, (&task.Task{Timeout: 3}).TimeoutDuration(7*time.Second))
+}
+
+func TestID_is_the_UUIDv5_of_event_and_rule(t *testing.T) {
+	t.Parallel()
+	ns := uuid.MustParse("6f1b3c2e-8d4a-5e7f-9a0b-1c2d3e4f5a6b")
+	long := strings.Repeat("x", 300) // past the stack buffer
+	for _, in := range [][2]string{{"e1", "r1"}, {"", ""}, {long, "r"}, {"e", long}} {
+		assert.Equal(t, uuid.NewSHA1(ns, []byte(in[0]+"\x00"+in[1])).String(), task.ID(in[0], in[1]))
+	}
 }
