@@ -88,7 +88,8 @@ type Kafka struct {
 	created   map[string]bool           // topics known to exist
 	closed    bool
 
-	maxBytes sync.Map // topic → its max.message.bytes (int32), read by ensureTopic
+	maxBytes sync.Map  // topic → its max.message.bytes (int32), read by ensureTopic
+	baseOpts []kgo.Opt // seed brokers, client id, TLS, SASL, logging: see clientOpts
 }
 
 // NewKafka connects to cfg.Brokers, creates the pipeline's topics (see
@@ -114,7 +115,8 @@ func NewKafka(cfg config.Kafka, topics config.Topics, logger watermill.LoggerAda
 	if err != nil {
 		return nil, err
 	}
-	opts := append(base,
+	k.baseOpts = base
+	opts := append(k.clientOpts(),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerBatchMaxBytesFn(k.topicMaxBytes),
 		kgo.ProducerLinger(kafkaProducerLinger),
@@ -150,11 +152,9 @@ func fnv32a(b []byte) uint32 {
 	return h.Sum32()
 }
 
-// clientOpts are the options every client of the broker shares.
-func (k *Kafka) clientOpts() []kgo.Opt {
-	opts, _ := k.securityOpts() // checked by NewKafka
-	return opts
-}
+// clientOpts returns the options every client of the broker shares, built
+// once by NewKafka (TLS files are read there, not per client).
+func (k *Kafka) clientOpts() []kgo.Opt { return slices.Clone(k.baseOpts) }
 
 // securityOpts: seed brokers, client id, TLS, SASL, logging.
 func (k *Kafka) securityOpts() ([]kgo.Opt, error) {

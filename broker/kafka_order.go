@@ -224,10 +224,6 @@ func parseDoneAbove(meta string, base int64) map[int64]bool {
 	return out
 }
 
-// pending is the number of records kept: unfinished, or finished above the
-// lowest unfinished one.
-func (p *partitionWork) pending() int { return len(p.window) - p.head }
-
 // unfinished returns the records kept that are neither finished nor in flight.
 func (p *partitionWork) unfinished() []*kafkaRecord {
 	return slices.DeleteFunc(slices.Clone(p.window[p.head:]), func(r *kafkaRecord) bool { return r.done || r.inFlight })
