@@ -90,6 +90,9 @@ type Kafka struct {
 
 	maxBytes sync.Map  // topic → its max.message.bytes (int32), read by ensureTopic
 	baseOpts []kgo.Opt // seed brokers, client id, TLS, SASL, logging: see clientOpts
+	// brokerMaxBytes is the brokers' message.max.bytes: 0 not asked yet,
+	// -1 unknown. Guarded by mu (readMaxBytes runs under ensureTopic's lock).
+	brokerMaxBytes int32
 }
 
 // NewKafka connects to cfg.Brokers, creates the pipeline's topics (see
@@ -389,17 +392,20 @@ func (k *Kafka) readMaxBytes(ctx context.Context, topic string) {
 			}
 		}
 	}
-	bcs, err := k.admin.DescribeBrokerConfigs(ctx)
-	if err != nil {
-		return
-	}
-	for _, rc := range bcs {
-		for _, c := range rc.Configs {
-			if n, ok := limit(c.Value); ok && rc.Err == nil && c.Key == "message.max.bytes" {
-				k.maxBytes.Store(topic, n)
-				return
+	if k.brokerMaxBytes == 0 {
+		k.brokerMaxBytes = -1 // asked once, answered or not
+		if bcs, err := k.admin.DescribeBrokerConfigs(ctx); err == nil {
+			for _, rc := range bcs {
+				for _, c := range rc.Configs {
+					if n, ok := limit(c.Value); ok && rc.Err == nil && c.Key == "message.max.bytes" {
+						k.brokerMaxBytes = n
+					}
+				}
 			}
 		}
+	}
+	if k.brokerMaxBytes > 0 {
+		k.maxBytes.Store(topic, k.brokerMaxBytes)
 	}
 }
 
