@@ -64,18 +64,38 @@ func benchEvents(n int) []api.Ingested {
 }
 
 func benchPipeline(b *testing.B, metricsOn bool, opts ...pipeline.Option) {
+	benchPipelineWith(b, benchSetup{mutate: func(c *config.Config) { c.Metrics.Enabled = metricsOn }, opts: opts})
+}
+
+// benchSetup shapes one embedded end-to-end run: mutate adjusts the
+// defaults, opts go to pipeline.New; timed runs once the last result is out
+// while the clock still runs, after once it stopped.
+type benchSetup struct {
+	mutate func(*config.Config)
+	opts   []pipeline.Option
+	timed  func(context.Context, *pipeline.Pipeline)
+	after  func(context.Context, *pipeline.Pipeline)
+}
+
+// benchPipelineWith runs b.N events through the pipeline on the embedded
+// broker, timed from the first publish until the last result, and reports
+// the process CPU per event (every goroutine).
+func benchPipelineWith(b *testing.B, s benchSetup) {
 	dir := b.TempDir()
 	rulesFile := filepath.Join(dir, "rules.yaml")
 	require.NoError(b, os.WriteFile(rulesFile, []byte(benchRules), 0o600))
 	cfg := config.Default()
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	cfg.Rules.File = rulesFile
-	cfg.Metrics.Enabled = metricsOn
 	cfg.Dedup.MaxEntries = b.N + 1
+	cfg.DataDir = filepath.Join(dir, "data")
+	if s.mutate != nil {
+		s.mutate(cfg)
+	}
 	brk := broker.NewEmbedded(cfg.Broker.Embedded, watermill.NopLogger{})
 	defer brk.Close()
 	debug := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := pipeline.New(cfg, append([]pipeline.Option{pipeline.WithBroker(brk), pipeline.WithLogger(debug)}, opts...)...)
+	p, err := pipeline.New(cfg, append([]pipeline.Option{pipeline.WithBroker(brk), pipeline.WithLogger(debug)}, s.opts...)...)
 	require.NoError(b, err)
 
 	done := make(chan struct{})
@@ -100,8 +120,14 @@ func benchPipeline(b *testing.B, metricsOn bool, opts ...pipeline.Option) {
 		require.NoError(b, p.PublishEvents(ctx, events[i:min(i+500, len(events))]))
 	}
 	<-done
+	if s.timed != nil {
+		s.timed(ctx, p)
+	}
 	b.StopTimer()
 	b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N), "cpu-µs/event")
+	if s.after != nil {
+		s.after(ctx, p)
+	}
 	cancel()
 	require.NoError(b, <-runDone)
 }
