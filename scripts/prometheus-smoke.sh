@@ -87,11 +87,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port prints a TCP port on 127.0.0.1 that nothing listens on.
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on, below
+# the kernel's ephemeral range: a port inside it can become the local port
+# of any outgoing connection (eventpipe's broker clients, the load) between
+# this check and the bind, which then fails with "address already in use".
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 11000 ] || low=32768
   for _ in $(seq 1 100); do
-    port=$((30000 + (RANDOM * 32768 + RANDOM) % 20000))
+    port=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0
