@@ -16,12 +16,13 @@ var EnvVars = []string{
 // UnknownEnv returns a warning for every EVENTPIPE_* variable of environ
 // ("KEY=value" entries, as os.Environ gives) that eventpipe does not read,
 // naming the closest known one: a misspelt EVENTPIPE_API_TOKN would
-// otherwise leave the server without its token, silently.
+// otherwise leave the server without its token, silently. EVENTPIPE_TEST_*
+// variables belong to the test suites (make exports one) and are not warned.
 func UnknownEnv(environ []string) []string {
 	var warnings []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, "EVENTPIPE_") || slices.Contains(EnvVars, name) {
+		if !strings.HasPrefix(name, "EVENTPIPE_") || strings.HasPrefix(name, "EVENTPIPE_TEST_") || slices.Contains(EnvVars, name) {
 			continue
 		}
 		warnings = append(warnings, fmt.Sprintf("unknown environment variable %s is ignored; did you mean %s?",
